@@ -1,0 +1,56 @@
+"""Raw interactions and side files -> dense, time-ordered artifacts under data/<dataset>/.
+
+Detects the layout (competition, MovieLens csv/dat/100k, S3-Rec txt) unless --format names it.
+With a hold-out (default 5 last + 5 random earlier per user) it also writes the local answers;
+--no-holdout keeps everything for training, the mode for the final submission.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import parse_config, save_config
+from common.data import build_dataset
+from common.io import run_main
+from common.readers import FORMATS, read_raw
+from common.utils import set_seed
+
+
+@dataclass
+class PreprocessConfig:
+    input: str = field(default="data/raw/demo", metadata={"help": "raw folder, or an S3-Rec <name>.txt"})
+    format: str = field(default="auto", metadata={"choices": FORMATS})
+    out: str = field(default="", metadata={"help": "output folder; default data/<dataset>"})
+    name: str = field(default="", metadata={"help": "dataset name; default the input's name"})
+    holdout: bool = field(default=True, metadata={"help": "write a local hold-out (--no-holdout: train on all)"})
+    holdout_last: int = 5
+    holdout_random: int = 5
+    seed: int = 0
+
+
+def main():
+    cfg = parse_config(PreprocessConfig, description=__doc__)
+    set_seed(cfg.seed)
+    t0 = time.time()
+    src = Path(cfg.input)
+    name = cfg.name or (src.stem if src.is_file() else src.name)
+    out = Path(cfg.out or f"data/{name}")
+    raw = read_raw(src, cfg.format)
+    s = build_dataset(raw, out, cfg.holdout_last, cfg.holdout_random, cfg.seed, cfg.holdout, name)
+    save_config(cfg, out / "preprocess_config.json")
+    print(f"{raw.source}: {s.n_users:,} users, {s.n_items:,} items, {s.n_interactions:,} interactions "
+          f"({s.duplicates_dropped:,} repeated pairs dropped), {s.n_attributes:,} attributes")
+    if s.single_interaction_users:
+        print(f"note: {s.single_interaction_users:,} users have a single interaction (kept, no training pair)")
+    for kind, n in s.side_rows_dropped.items():
+        if n:
+            print(f"note: {kind}: {n:,} rows for items without interactions were ignored")
+    held = f"{s.n_holdout:,} held-out rows for {s.n_holdout_users:,} users" if cfg.holdout else "no hold-out"
+    print(f"train {s.n_train:,} rows, {held}")
+    print(f"wrote {out}/ (meta.json, maps.npz, sequences.npz, holdout.npz, answers.csv, attributes.*) "
+          f"in {time.time() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    run_main(main)

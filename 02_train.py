@@ -1,0 +1,204 @@
+"""Fit a model on data/<dataset>/ and write data/<dataset>/runs/<run>/{checkpoint.pt,config.json,metrics.jsonl}.
+
+Models: pop (most popular), sasrec (S3-Rec's fine-tuning model) with --loss bce (baseline) or bpr.
+With a local hold-out every epoch is scored (Recall@10, NDCG@10), the best epoch is kept and training
+stops early. Without one, training runs a fixed --epochs: take the best epoch of a hold-out run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.batches import HISTORY_MODES, NegativeSampler, gather_windows, window_ends
+from common.config import config_dict, parse_config, save_config
+from common.data import Dataset
+from common.io import InputError, append_jsonl, run_main
+from common.losses import LOSSES
+from common.model import SASRec, SASRecArgs
+from common.recommend import MODEL_TYPES, PopRecommender, SASRecRecommender, evaluate, save_checkpoint
+from common.utils import pick_device, set_seed
+
+
+@dataclass
+class TrainConfig:
+    data: str = field(default="data/demo", metadata={"help": "preprocessed dataset folder"})
+    model: str = field(default="sasrec", metadata={"choices": MODEL_TYPES})
+    loss: str = field(default="bce", metadata={"choices": tuple(LOSSES)})
+    history: str = field(default="last", metadata={"choices": HISTORY_MODES,
+                                                   "help": "last max_len items, all windows, or random crops"})
+    negatives: int = field(default=1, metadata={"help": "sampled negatives per target position"})
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout_attn: float = 0.5
+    dropout_hidden: float = 0.5
+    max_len: int = 50
+    init_std: float = 0.02
+    pre_ln: bool = False
+    final_ln: bool = False
+    tied: bool = True
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = field(default=200, metadata={"help": "maximum epochs (fixed count without a hold-out)"})
+    patience: int = field(default=10, metadata={"help": "epochs without a better Recall@k before stopping"})
+    k: int = 10
+    eval_batch_size: int = 1024
+    seed: int = 42
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    run_name: str = field(default="", metadata={"help": "default: <dataset>-<model>[-<loss>][-<history>]-s<seed>"})
+    resume: bool = field(default=False, metadata={"help": "continue the run from its last.pt"})
+    progress: bool = field(default=True, metadata={"help": "show tqdm bars"})
+
+
+class TrainingError(InputError):
+    """Training cannot go on (a non-finite loss); the message says what was kept."""
+
+
+def run_name(cfg: TrainConfig, ds: Dataset) -> str:
+    if cfg.run_name:
+        return cfg.run_name
+    parts = [ds.name, cfg.model]
+    if cfg.model == "sasrec":
+        parts.append(cfg.loss)
+        if cfg.history != "last":
+            parts.append(cfg.history)
+    return "-".join(parts + [f"s{cfg.seed}"])
+
+
+def model_args(cfg: TrainConfig, ds: Dataset) -> SASRecArgs:
+    names = {f.name for f in dataclasses.fields(SASRecArgs)} - {"n_items"}
+    return SASRecArgs(n_items=ds.n_items, **{n: getattr(cfg, n) for n in names})
+
+
+def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
+    """Loss over the non-padded target positions of a batch {input, target, negatives}."""
+    spec = LOSSES[loss_name]
+    h = model(batch["input"])  # [B, L, H]
+    mask = batch["target"] != 0  # [B, L]
+    h, target = h[mask], batch["target"][mask]  # [N, H], [N]
+    if spec.kind == "full":
+        return spec.fn(model.score_all(h), target)  # logits [N, V]
+    pos = model.score_items(h, target[:, None])[:, 0]  # [N]
+    neg = model.score_items(h, batch["negatives"])  # [N, M]
+    return spec.fn(pos, neg)
+
+
+def make_batch(ds: Dataset, ends: np.ndarray, sampler: NegativeSampler, cfg: TrainConfig, device) -> dict:
+    inp, target, user = gather_windows(ds.indptr, ds.items, ends, cfg.max_len)
+    mask = target != 0
+    users_per_target = np.broadcast_to(user[:, None], target.shape)[mask]  # [N]
+    batch = {"input": inp, "target": target, "user": user,
+             "negatives": sampler.sample(users_per_target, (cfg.negatives,))}  # negatives [N, M]
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
+
+
+def fit_pop(cfg: TrainConfig, ds: Dataset, out: Path) -> None:
+    t0 = time.time()
+    state = PopRecommender.fit(ds)
+    metrics = evaluate(PopRecommender(state["counts"]), ds, cfg.k) if ds.has_holdout else {}
+    score = metrics.get(f"recall@{cfg.k}")
+    append_jsonl(out / "metrics.jsonl", {"epoch": 0, **metrics, "seconds": round(time.time() - t0, 3)})
+    save_checkpoint(out / "checkpoint.pt", model_type="pop", model_args={}, state_dict=state,
+                    config=config_dict(cfg), ds=ds, epoch=0, best_score=score)
+    print(f"pop: {metrics}" if metrics else "pop: fitted (no hold-out to score)")
+
+
+def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -> None:
+    args = model_args(cfg, ds)
+    model = SASRec(args).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    start_epoch, best, best_epoch, bad_epochs = 0, -math.inf, -1, 0
+    last_path, best_path = out / "last.pt", out / "checkpoint.pt"
+    if cfg.resume:
+        if not last_path.exists():
+            raise InputError(f"{last_path}: nothing to resume; run without --resume first")
+        st = torch.load(last_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["state_dict"])
+        opt.load_state_dict(st["optimizer"])
+        rng.bit_generator.state = st["numpy_rng"]
+        torch.set_rng_state(st["torch_rng"])
+        start_epoch, best, best_epoch, bad_epochs = st["epoch"] + 1, st["best_score"], st["best_epoch"], st["bad_epochs"]
+        print(f"resuming {out.name} at epoch {start_epoch} (best recall@{cfg.k} {best:.4f} at epoch {best_epoch})")
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    sampler = NegativeSampler(ds, rng)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"sasrec: {n_params:,} parameters, {ds.n_users:,} users, {ds.n_items:,} items, device {device}")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        model.train()
+        ends = window_ends(ds.indptr, cfg.max_len, cfg.history, rng)
+        ends = ends[rng.permutation(len(ends))]
+        total, steps = 0.0, 0
+        bar = tqdm(range(0, len(ends), cfg.batch_size), desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
+        for s in bar:
+            batch = make_batch(ds, ends[s:s + cfg.batch_size], sampler, cfg, device)
+            loss = train_loss(model, batch, cfg.loss)
+            if not torch.isfinite(loss):
+                kept = best_path if best_path.exists() else "none"
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch} step {steps}; "
+                                    f"last good checkpoint: {kept}. Lower --lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        record = {"epoch": epoch, "loss": total / max(steps, 1)}
+        improved = not ds.has_holdout
+        if ds.has_holdout:
+            record.update(evaluate(SASRecRecommender(model, ds, device), ds, cfg.k, cfg.eval_batch_size))
+            score = record[f"recall@{cfg.k}"]
+            improved = score > best
+            if improved:
+                best, best_epoch, bad_epochs = score, epoch, 0
+            else:
+                bad_epochs += 1
+        record["seconds"] = round(time.time() - t0, 3)
+        append_jsonl(out / "metrics.jsonl", record)
+        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        if improved:
+            save_checkpoint(best_path, model_type="sasrec", model_args=dataclasses.asdict(args),
+                            state_dict=model.state_dict(), config=config_dict(cfg), ds=ds, epoch=epoch,
+                            best_score=best if ds.has_holdout else None)
+        save_checkpoint(last_path, model_type="sasrec", model_args=dataclasses.asdict(args),
+                        state_dict=model.state_dict(), config=config_dict(cfg), ds=ds, epoch=epoch,
+                        best_score=best, extra={"optimizer": opt.state_dict(), "best_epoch": best_epoch,
+                                                "bad_epochs": bad_epochs, "numpy_rng": rng.bit_generator.state,
+                                                "torch_rng": torch.get_rng_state()})
+        if ds.has_holdout and bad_epochs >= cfg.patience:
+            print(f"no better recall@{cfg.k} for {cfg.patience} epochs: stopping")
+            break
+    if ds.has_holdout:
+        print(f"best recall@{cfg.k} {best:.4f} at epoch {best_epoch}")
+
+
+def main():
+    cfg = parse_config(TrainConfig, description=__doc__)
+    set_seed(cfg.seed)
+    ds = Dataset(Path(cfg.data))
+    if cfg.model == "sasrec" and cfg.k > ds.n_items:
+        raise InputError(f"--k {cfg.k} exceeds the {ds.n_items} items of {ds.root}")
+    device = pick_device(cfg.device)
+    name = run_name(cfg, ds)
+    out = ds.root / "runs" / name
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json")
+    if cfg.model == "pop":
+        fit_pop(cfg, ds, out)
+    else:
+        fit_sasrec(cfg, ds, out, device)
+    print(f"wrote {out}/ (checkpoint.pt, config.json, metrics.jsonl)")
+
+
+if __name__ == "__main__":
+    run_main(main)

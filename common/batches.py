@@ -1,0 +1,73 @@
+"""Training examples for the sequential model, built with numpy without per-position loops.
+
+An example is a window of a user's training sequence that ends at flat position `end`
+(exclusive): input = items[end-1-L : end-1], target = items[end-L : end], left-padded with 0.
+
+History modes:
+  last     one window per user, ending at the sequence's end (the baseline)
+  windows  consecutive windows covering the whole history, from the end backwards
+  crops    one window per user per epoch, ending at a uniformly drawn position
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from common.data import Dataset
+
+HISTORY_MODES = ("last", "windows", "crops")
+MAX_RESAMPLE_ROUNDS = 50
+
+
+def window_ends(indptr: np.ndarray, max_len: int, mode: str, rng: np.random.Generator) -> np.ndarray:
+    """Flat end positions (exclusive) of this epoch's training windows."""
+    starts, ends = indptr[:-1], indptr[1:]
+    lengths = ends - starts
+    users = np.flatnonzero(lengths >= 2)  # a window needs an input and a target
+    if mode == "last":
+        return ends[users]
+    if mode == "crops":
+        # end - start is the window's length + 1, at least 2
+        return starts[users] + 2 + (rng.random(len(users)) * (lengths[users] - 1)).astype(np.int64)
+    if mode == "windows":
+        n_win = np.ceil((lengths[users] - 1) / max_len).astype(np.int64)  # windows per user
+        owner = np.repeat(users, n_win)
+        back = np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)  # 0 = latest window
+        return ends[owner] - back * max_len
+    raise ValueError(f"unknown history mode {mode!r}; choose from {HISTORY_MODES}")
+
+
+def gather_windows(indptr: np.ndarray, items: np.ndarray, ends: np.ndarray, max_len: int):
+    """(input [B, L], target [B, L], user [B]) for windows ending at `ends`."""
+    user = np.searchsorted(indptr, ends - 1, side="right") - 1  # [B]
+    col = np.arange(max_len)[None, :]  # [1, L]
+    tgt_pos = ends[:, None] - max_len + col  # [B, L]
+    valid = tgt_pos - 1 >= indptr[user][:, None]  # the input position must belong to the user
+    target = np.where(valid, items[np.where(valid, tgt_pos, 0)], 0)
+    inp = np.where(valid, items[np.where(valid, tgt_pos - 1, 0)], 0)
+    return inp, target, user
+
+
+class NegativeSampler:
+    """Uniform negatives over real item ids 1..n_items, excluding the user's own training items."""
+
+    def __init__(self, ds: Dataset, rng: np.random.Generator):
+        self.n_items = ds.n_items
+        self.rng = rng
+        users = np.repeat(np.arange(ds.n_users), np.diff(ds.indptr))
+        self.keys = np.unique(users * (ds.n_items + 1) + ds.items)  # sorted (user, item) pairs
+
+    def seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        q = users * (self.n_items + 1) + items
+        idx = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        return self.keys[idx] == q
+
+    def sample(self, users: np.ndarray, shape: tuple) -> np.ndarray:
+        """Negatives of shape `users.shape + shape`, none seen by its user."""
+        u = np.broadcast_to(users.reshape(users.shape + (1,) * len(shape)), users.shape + shape)
+        neg = self.rng.integers(1, self.n_items + 1, size=u.shape)
+        for _ in range(MAX_RESAMPLE_ROUNDS):
+            bad = self.seen(u, neg)
+            if not bad.any():
+                break
+            neg[bad] = self.rng.integers(1, self.n_items + 1, size=int(bad.sum()))
+        return neg

@@ -1,0 +1,246 @@
+"""Preprocessed dataset: dense ids, time-ordered sequences, hold-out answers, item attributes.
+
+Artifacts under `data/<dataset>/` (numpy arrays and JSON only, no pickles):
+  meta.json        format version, sizes, hold-out settings, summary counts
+  maps.npz         user_raw[n_users], item_raw[n_items + 1] (item_raw[0] = -1 is padding)
+  sequences.npz    indptr[n_users + 1], items[n_train]: each user's training items in time order
+  holdout.npz      indptr[n_users + 1], items[n_holdout]: the local answers (empty without a hold-out)
+  answers.csv      the same answers with raw ids, `user,item`
+  attributes.npz   indptr[n_items + 2], ids: attribute ids (1-based, 0 is padding) of each dense item
+  attributes.json  attribute names; name of id a is names[a - 1]
+
+Rules:
+  * Dense item ids are 1..n_items in order of raw id; 0 is padding. Users are 0..n_users-1.
+  * Sequences are ordered by time; ties keep file order.
+  * A repeated (user, item) pair keeps its first occurrence in that order; later ones are dropped and counted.
+  * Hold-out: for a user with at least last + random + MIN_TRAIN_LEFT interactions, the last `last`
+    interactions and `random` uniformly drawn earlier ones are answers. Other users keep everything.
+  * A user with a single interaction is kept: it gets recommendations, but gives no training pair.
+  * Side rows for items that never occur in the interactions are dropped and counted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.io import InputError, atomic_path, read_json, read_npz, write_json, write_npz
+from common.readers import RawData
+
+FORMAT_VERSION = 1
+MIN_TRAIN_LEFT = 3  # a held-out user keeps at least this many training interactions
+DECADE = 10
+ATTRIBUTE_KINDS = ("genres", "years", "directors", "writers", "attributes")
+
+
+def csr_offsets(group_sizes: np.ndarray) -> np.ndarray:
+    indptr = np.zeros(len(group_sizes) + 1, dtype=np.int64)
+    np.cumsum(group_sizes, out=indptr[1:])
+    return indptr
+
+
+def order_and_dedupe(users: np.ndarray, items: np.ndarray, times: np.ndarray):
+    """Sort by (user, time, file order); drop repeated (user, item) pairs after the first.
+
+    Returns (users, items, n_dropped) in sorted order.
+    """
+    order = np.lexsort((np.arange(len(users)), times, users))
+    users, items = users[order], items[order]
+    key = users.astype(np.int64) * (int(items.max()) + 1) + items
+    _, first = np.unique(key, return_index=True)
+    keep = np.zeros(len(key), dtype=bool)
+    keep[first] = True
+    return users[keep], items[keep], int((~keep).sum())
+
+
+def split_holdout(indptr: np.ndarray, last: int, n_random: int, seed: int) -> np.ndarray:
+    """Boolean mask over the flat sorted rows: True marks a held-out answer.
+
+    Per user with n >= last + n_random + MIN_TRAIN_LEFT rows: its last `last` rows and
+    `n_random` rows drawn uniformly from the earlier ones.
+    """
+    lengths = np.diff(indptr)
+    n = int(indptr[-1])
+    user = np.repeat(np.arange(len(lengths)), lengths)  # [n]
+    pos = np.arange(n) - indptr[user]  # position within the user's sequence
+    size = lengths[user]
+    eligible = size >= last + n_random + MIN_TRAIN_LEFT
+    is_last = eligible & (pos >= size - last)
+    if n_random == 0:
+        return is_last
+    rng = np.random.default_rng(seed)
+    keys = rng.random(n)
+    keys[~eligible | is_last] = 2.0  # never drawn
+    order = np.lexsort((keys, user))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - indptr[user[order]]
+    return is_last | ((rank < n_random) & (keys <= 1.0))
+
+
+def build_attributes(raw: RawData, item_raw: np.ndarray):
+    """One attribute table from every side kind present. Returns (indptr, ids, names, dropped counts)."""
+    n_rows = len(item_raw)  # including padding row 0
+    frames, names, dropped = [], [], {}
+    for kind in ATTRIBUTE_KINDS:
+        df = raw.side.get(kind)
+        if df is None or len(df) == 0:
+            continue
+        values = df["value"].to_numpy()
+        if kind == "years":
+            year = pd.to_numeric(df["value"], errors="coerce")
+            ok = year.notna().to_numpy()
+            df, year = df[ok], year[ok]
+            values = [f"{int(y) // DECADE * DECADE}s" for y in year]
+        dense = np.searchsorted(item_raw[1:], df["item"].to_numpy()) + 1
+        known = (dense < n_rows) & (item_raw[np.minimum(dense, n_rows - 1)] == df["item"].to_numpy())
+        dropped[kind] = int((~known).sum())
+        label = kind.rstrip("s") if kind != "attributes" else "attr"
+        frames.append(pd.DataFrame({"item": dense[known], "name": [f"{label}={v}" for v, k in zip(values, known) if k]}))
+    if not frames:
+        return np.zeros(n_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64), [], dropped
+    table = pd.concat(frames, ignore_index=True).drop_duplicates()
+    vocab, codes = np.unique(table["name"].to_numpy().astype(str), return_inverse=True)
+    ids = codes.astype(np.int64) + 1
+    order = np.lexsort((ids, table["item"].to_numpy()))
+    items_sorted = table["item"].to_numpy()[order]
+    indptr = csr_offsets(np.bincount(items_sorted, minlength=n_rows))
+    return indptr, ids[order], [str(v) for v in vocab], dropped
+
+
+@dataclass
+class BuildSummary:
+    n_users: int
+    n_items: int
+    n_interactions: int
+    n_train: int
+    n_holdout: int
+    n_holdout_users: int
+    duplicates_dropped: int
+    single_interaction_users: int
+    n_attributes: int
+    side_rows_dropped: dict
+
+
+def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random: int = 5,
+                  seed: int = 0, holdout: bool = True, name: str = "") -> BuildSummary:
+    """Turn raw interactions into the artifacts listed in the module docstring, written atomically."""
+    if len(raw.users) == 0:
+        raise InputError(f"{raw.source}: no interactions")
+    user_raw, user_dense = np.unique(raw.users, return_inverse=True)
+    item_raw_real, item_dense = np.unique(raw.items, return_inverse=True)
+    item_raw = np.concatenate([[-1], item_raw_real]).astype(np.int64)
+    users, items, n_dup = order_and_dedupe(user_dense.astype(np.int64), item_dense.astype(np.int64) + 1, raw.times)
+    indptr = csr_offsets(np.bincount(users, minlength=len(user_raw)))
+    lengths = np.diff(indptr)
+
+    if holdout:
+        answer = split_holdout(indptr, holdout_last, holdout_random, seed)
+    else:
+        answer = np.zeros(len(users), dtype=bool)
+    tr_indptr = csr_offsets(np.bincount(users[~answer], minlength=len(user_raw)))
+    ho_indptr = csr_offsets(np.bincount(users[answer], minlength=len(user_raw)))
+    a_indptr, a_ids, a_names, dropped = build_attributes(raw, item_raw)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_npz(out / "maps.npz", user_raw=user_raw.astype(np.int64), item_raw=item_raw)
+    write_npz(out / "sequences.npz", indptr=tr_indptr, items=items[~answer])
+    write_npz(out / "holdout.npz", indptr=ho_indptr, items=items[answer])
+    write_npz(out / "attributes.npz", indptr=a_indptr, ids=a_ids)
+    write_json(out / "attributes.json", a_names)
+    answers = pd.DataFrame({"user": user_raw[users[answer]], "item": item_raw[items[answer]]})
+    with atomic_path(out / "answers.csv") as tmp:
+        answers.to_csv(tmp, index=False)
+    summary = BuildSummary(
+        n_users=len(user_raw), n_items=len(item_raw_real), n_interactions=len(users),
+        n_train=int((~answer).sum()), n_holdout=int(answer.sum()),
+        n_holdout_users=int((np.diff(ho_indptr) > 0).sum()), duplicates_dropped=n_dup,
+        single_interaction_users=int((lengths == 1).sum()), n_attributes=len(a_names),
+        side_rows_dropped=dropped)
+    write_json(out / "meta.json", {
+        "format_version": FORMAT_VERSION, "dataset": name or out.name, "source": raw.source,
+        "holdout": {"last": holdout_last, "random": holdout_random, "seed": seed} if holdout else None,
+        **summary.__dict__})
+    return summary
+
+
+class Dataset:
+    """Read-only view of a preprocessed `data/<dataset>/` folder."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.meta = read_json(self.root / "meta.json")
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise InputError(f"{self.root / 'meta.json'}: format_version {self.meta.get('format_version')} "
+                             f"is not {FORMAT_VERSION}; run 01_preprocess.py again")
+        maps = read_npz(self.root / "maps.npz")
+        self.user_raw, self.item_raw = maps["user_raw"], maps["item_raw"]
+        seq = read_npz(self.root / "sequences.npz")
+        self.indptr, self.items = seq["indptr"], seq["items"]
+        ho = read_npz(self.root / "holdout.npz")
+        self.ans_indptr, self.ans_items = ho["indptr"], ho["items"]
+        self._attr = None
+
+    @property
+    def name(self) -> str:
+        return self.meta["dataset"]
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_raw)
+
+    @property
+    def n_items(self) -> int:
+        """Number of real items; dense ids are 1..n_items."""
+        return len(self.item_raw) - 1
+
+    @property
+    def has_holdout(self) -> bool:
+        return len(self.ans_items) > 0
+
+    def attributes(self):
+        """(indptr, ids, names) of the item-attribute table."""
+        if self._attr is None:
+            a = read_npz(self.root / "attributes.npz")
+            self._attr = (a["indptr"], a["ids"], read_json(self.root / "attributes.json"))
+        return self._attr
+
+    def sequence(self, u: int) -> np.ndarray:
+        return self.items[self.indptr[u]:self.indptr[u + 1]]
+
+    def seen_matrix(self):
+        """Sparse [n_users, n_items + 1] 0/1 matrix of training interactions."""
+        import scipy.sparse as sp
+        data = np.ones(len(self.items), dtype=np.float32)
+        return sp.csr_matrix((data, self.items, self.indptr), shape=(self.n_users, self.n_items + 1))
+
+    def answers_padded(self, users: np.ndarray) -> np.ndarray:
+        """Answers of `users` as a [len(users), max_answers] array padded with 0."""
+        return pad_rows(self.ans_indptr, self.ans_items, users)
+
+    def eval_users(self) -> np.ndarray:
+        return np.flatnonzero(np.diff(self.ans_indptr) > 0)
+
+
+def pad_rows(indptr: np.ndarray, values: np.ndarray, rows: np.ndarray, width: int | None = None,
+             left: bool = False) -> np.ndarray:
+    """Rows of a CSR array as a dense [len(rows), width] array padded with 0.
+
+    With `left=True` rows are right-aligned and keep their last `width` values.
+    """
+    starts, ends = indptr[rows], indptr[rows + 1]
+    lengths = ends - starts
+    width = int(lengths.max(initial=0)) if width is None else width
+    take = np.minimum(lengths, width)
+    out = np.zeros((len(rows), width), dtype=values.dtype)
+    col = np.arange(width)[None, :]  # [1, W]
+    if left:
+        src = ends[:, None] - width + col  # [R, W] aligned to the end
+        valid = col >= width - take[:, None]
+    else:
+        src = starts[:, None] + col
+        valid = col < take[:, None]
+    out[valid] = values[src[valid]]
+    return out

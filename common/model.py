@@ -1,0 +1,123 @@
+"""SASRec, the sequential model of S3-Rec's fine-tuning stage.
+
+forward(seq) -> per-position hidden states [B, L, H]; scoring against item embeddings is separate.
+Sequences are left-padded with item 0. Positions are counted from the end of the window (the last
+item has position 0), so extra left padding leaves every real position's output unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PAD = 0
+
+
+@dataclass
+class SASRecArgs:
+    n_items: int  # real items; embeddings have n_items + 1 rows, row 0 is padding
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout_attn: float = 0.5
+    dropout_hidden: float = 0.5
+    max_len: int = 50
+    init_std: float = 0.02
+    pre_ln: bool = False  # LayerNorm before attention/feed-forward instead of after the residual
+    final_ln: bool = False  # one more LayerNorm on the output
+    tied: bool = True  # score with the input item embeddings; False adds a separate output table
+
+
+def attention_mask(seq: torch.Tensor) -> torch.Tensor:
+    """Padding-and-causal mask [B, 1, L, L], True where query i may attend to key j.
+
+    Key j is allowed when j <= i and item j is not padding. Each position may always attend to
+    itself, so a fully padded row yields finite values instead of NaN.
+    """
+    L = seq.size(1)
+    causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()  # [L, L]
+    keys = (seq != PAD)[:, None, None, :]  # [B, 1, 1, L]
+    diag = torch.eye(L, dtype=torch.bool, device=seq.device)  # [L, L]
+    return (causal & keys) | diag  # [B, 1, L, L]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, a: SASRecArgs):
+        super().__init__()
+        assert a.hidden % a.heads == 0, "hidden must be divisible by heads"
+        self.heads = a.heads
+        self.qkv = nn.Linear(a.hidden, 3 * a.hidden)
+        self.proj = nn.Linear(a.hidden, a.hidden)
+        self.dropout_attn = a.dropout_attn
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, L, H = x.shape
+        q, k, v = self.qkv(x).split(H, dim=2)  # 3 x [B, L, H]
+        q, k, v = (t.view(B, L, self.heads, H // self.heads).transpose(1, 2) for t in (q, k, v))  # [B, nh, L, hs]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout_attn if self.training else 0.0)  # [B, nh, L, hs]
+        return self.proj(y.transpose(1, 2).reshape(B, L, H))  # [B, L, H]
+
+
+class Block(nn.Module):
+    def __init__(self, a: SASRecArgs):
+        super().__init__()
+        self.pre_ln = a.pre_ln
+        self.attn = SelfAttention(a)
+        self.ffn = nn.Sequential(nn.Linear(a.hidden, 4 * a.hidden), nn.GELU(), nn.Linear(4 * a.hidden, a.hidden))
+        self.ln1, self.ln2 = nn.LayerNorm(a.hidden), nn.LayerNorm(a.hidden)
+        self.drop = nn.Dropout(a.dropout_hidden)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pre_ln:
+            x = x + self.drop(self.attn(self.ln1(x), mask))
+            return x + self.drop(self.ffn(self.ln2(x)))
+        x = self.ln1(x + self.drop(self.attn(x, mask)))
+        return self.ln2(x + self.drop(self.ffn(x)))  # [B, L, H]
+
+
+class SASRec(nn.Module):
+    def __init__(self, a: SASRecArgs):
+        super().__init__()
+        self.args = a
+        self.item_emb = nn.Embedding(a.n_items + 1, a.hidden, padding_idx=PAD)
+        self.pos_emb = nn.Embedding(a.max_len, a.hidden)
+        self.ln_in = nn.LayerNorm(a.hidden)
+        self.drop = nn.Dropout(a.dropout_hidden)
+        self.blocks = nn.ModuleList(Block(a) for _ in range(a.layers))
+        self.ln_out = nn.LayerNorm(a.hidden) if a.final_ln else nn.Identity()
+        self.out_emb = None if a.tied else nn.Embedding(a.n_items + 1, a.hidden, padding_idx=PAD)
+        self.apply(self._init)
+
+    def _init(self, m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=self.args.init_std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            nn.init.zeros_(m.weight[m.padding_idx])
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq [B, L] item ids, left-padded with 0, L <= max_len -> hidden states [B, L, H]."""
+        B, L = seq.shape
+        assert L <= self.args.max_len, f"sequence length {L} exceeds max_len {self.args.max_len}"
+        pos = torch.arange(L - 1, -1, -1, device=seq.device)  # [L], last position is 0
+        x = self.item_emb(seq) + self.pos_emb(pos)  # [B, L, H]
+        x = self.drop(self.ln_in(x))
+        mask = attention_mask(seq)  # [B, 1, L, L]
+        for block in self.blocks:
+            x = block(x, mask)  # [B, L, H]
+        return self.ln_out(x)  # [B, L, H]
+
+    def output_embeddings(self) -> torch.Tensor:
+        return (self.item_emb if self.out_emb is None else self.out_emb).weight  # [V, H]
+
+    def score_all(self, h: torch.Tensor) -> torch.Tensor:
+        """h [..., H] -> logits over every id [..., V] (id 0 is padding; callers mask it)."""
+        return h @ self.output_embeddings().T
+
+    def score_items(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """h [N, H], items [N, M] -> logits [N, M]."""
+        return torch.einsum("nh,nmh->nm", h, self.output_embeddings()[items])

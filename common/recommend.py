@@ -1,0 +1,118 @@
+"""Every trained model behind one interface: score users against all items, then take the top k.
+
+A recommender maps a batch of dense user ids to scores [B, V] over every dense item id
+(V = n_items + 1, id 0 is padding). `top_k` masks padding and each user's seen items with -inf.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.data import Dataset, pad_rows
+from common.io import InputError
+from common.metrics import all_metrics
+from common.model import SASRec, SASRecArgs
+
+MODEL_TYPES = ("pop", "sasrec")
+CHECKPOINT_VERSION = 1
+
+
+class PopRecommender:
+    """Most popular items: the same scores for everyone."""
+
+    def __init__(self, counts: torch.Tensor):
+        self.counts = counts.float()  # [V]
+
+    @staticmethod
+    def fit(ds: Dataset) -> dict:
+        return {"counts": torch.from_numpy(np.bincount(ds.items, minlength=ds.n_items + 1)).float()}
+
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        return self.counts.expand(len(users), -1)  # [B, V]
+
+
+class SASRecRecommender:
+    """Scores from the hidden state at the last position of each user's latest max_len items."""
+
+    def __init__(self, model: SASRec, ds: Dataset, device: torch.device):
+        self.model, self.ds, self.device = model, ds, device
+
+    @torch.no_grad()
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        self.model.eval()
+        seq = pad_rows(self.ds.indptr, self.ds.items, users, self.model.args.max_len, left=True)
+        h = self.model(torch.from_numpy(seq).to(self.device))[:, -1]  # [B, H]
+        return self.model.score_all(h)  # [B, V]
+
+
+def save_checkpoint(path: Path, *, model_type: str, model_args: dict, state_dict: dict, config: dict,
+                    ds: Dataset, epoch: int, best_score: float, extra: dict | None = None) -> None:
+    from common.io import atomic_path
+    payload = {
+        "version": CHECKPOINT_VERSION, "model_type": model_type, "model_args": model_args,
+        "state_dict": state_dict, "config": config, "data_dir": str(ds.root.resolve()),
+        "dataset": ds.name, "user_raw": torch.from_numpy(ds.user_raw), "item_raw": torch.from_numpy(ds.item_raw),
+        "epoch": epoch, "best_score": best_score, **(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("model_type") not in MODEL_TYPES:
+        raise InputError(f"{path}: not a checkpoint of this project (model_type missing or unknown)")
+    return ckpt
+
+
+def check_dataset_matches(ckpt: dict, ds: Dataset, where: str) -> None:
+    if not (np.array_equal(ckpt["item_raw"].numpy(), ds.item_raw)
+            and np.array_equal(ckpt["user_raw"].numpy(), ds.user_raw)):
+        raise InputError(f"{where}: its id maps differ from {ds.root}; preprocess and train on the same data")
+
+
+def build_recommender(ckpt: dict, ds: Dataset, device: torch.device):
+    """The recommender stored in a loaded checkpoint, scoring the sequences of `ds`."""
+    kind = ckpt["model_type"]
+    if kind == "pop":
+        return PopRecommender(ckpt["state_dict"]["counts"].to(device))
+    model = SASRec(SASRecArgs(**ckpt["model_args"])).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    return SASRecRecommender(model, ds, device)
+
+
+@torch.no_grad()
+def top_k(rec, ds: Dataset, users: np.ndarray, k: int, batch_size: int = 1024, progress: bool = False):
+    """Top-k dense item ids and scores per user, seen items and padding excluded.
+
+    Returns (ids [U, k] int64, scores [U, k] float32), items in rank order.
+    """
+    ids = np.zeros((len(users), k), dtype=np.int64)
+    scores = np.zeros((len(users), k), dtype=np.float32)
+    starts = range(0, len(users), batch_size)
+    for s in tqdm(starts, desc="scoring", disable=not progress, unit="batch"):
+        batch = users[s:s + batch_size]
+        sc = rec.score(batch).float().clone()  # [B, V]
+        seen = torch.from_numpy(pad_rows(ds.indptr, ds.items, batch)).to(sc.device)  # [B, S], 0-padded
+        sc.scatter_(1, seen, float("-inf"))
+        sc[:, 0] = float("-inf")
+        top = torch.topk(sc, k, dim=1)
+        ids[s:s + len(batch)] = top.indices.cpu().numpy()
+        scores[s:s + len(batch)] = top.values.cpu().numpy()
+    return ids, scores
+
+
+def evaluate(rec, ds: Dataset, k: int = 10, batch_size: int = 1024) -> dict:
+    """Metrics@k of `rec` against the local answers of every user who has some."""
+    users = ds.eval_users()
+    ids, _ = top_k(rec, ds, users, k, batch_size)
+    return all_metrics(ids, ds.answers_padded(users), k)

@@ -1,0 +1,28 @@
+"""Seeds, devices and small helpers shared by the scripts."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy and torch (if loaded) from one value."""
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto"):
+    """`auto`: CUDA when available, else CPU with one thread per core."""
+    import torch
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    return torch.device(name)
