@@ -1,0 +1,75 @@
+"""Checkpoint -> submissions/<run>.csv (top-k unseen items per user) and submissions/<run>.top<N>.csv
+(user,item,score,rank of the top N candidates, for blending by score).
+
+Every user of the dataset is scored against every item; seen items and padding are excluded.
+The input is each user's training sequence: the whole history for data preprocessed with
+--no-holdout (final submission), the training part otherwise (local score printed).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.config import parse_config, save_config
+from common.data import Dataset
+from common.io import InputError, run_main
+from common.metrics import all_metrics
+from common.recommend import build_recommender, check_dataset_matches, load_checkpoint, top_k
+from common.submission import write_ranked
+from common.utils import pick_device, set_seed
+
+
+@dataclass
+class InferenceConfig:
+    checkpoint: str = field(default="", metadata={"positional": True, "help": "path to a run's checkpoint.pt"})
+    k: int = 10
+    candidates: int = field(default=100, metadata={"help": "rows per user in the candidates file (0: none)"})
+    data: str = field(default="", metadata={"help": "dataset folder; default the one the run was trained on"})
+    out_dir: str = "submissions"
+    batch_size: int = field(default=1024, metadata={"help": "users scored at once"})
+    device: str = "auto"
+    seed: int = 0
+
+
+def main():
+    cfg = parse_config(InferenceConfig, description=__doc__)
+    set_seed(cfg.seed)
+    ckpt_path = Path(cfg.checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    ds = Dataset(Path(cfg.data or ckpt["data_dir"]))
+    check_dataset_matches(ckpt, ds, str(ckpt_path))
+    n = max(cfg.k, cfg.candidates)
+    if n > ds.n_items:
+        raise InputError(f"--k/--candidates {n} exceeds the {ds.n_items} items of {ds.root}")
+    run = ckpt_path.parent.name
+    device = pick_device(cfg.device)
+    rec = build_recommender(ckpt, ds, device)
+
+    t0 = time.time()
+    users = np.arange(ds.n_users)
+    ids, scores = top_k(rec, ds, users, n, cfg.batch_size, progress=True)
+    seconds = time.time() - t0
+
+    out = Path(cfg.out_dir)
+    sub_path = out / f"{run}.csv"
+    write_ranked(sub_path, ds.user_raw, ds.item_raw[ids[:, :cfg.k]])
+    wrote = [str(sub_path)]
+    if cfg.candidates:
+        cand_path = out / f"{run}.top{cfg.candidates}.csv"
+        write_ranked(cand_path, ds.user_raw, ds.item_raw[ids[:, :cfg.candidates]], scores[:, :cfg.candidates])
+        wrote.append(str(cand_path))
+    save_config(cfg, out / f"{run}.inference.json")
+    print(f"scored {ds.n_users:,} users x {ds.n_items:,} items in {seconds:.1f}s")
+    if ds.has_holdout:
+        ev = ds.eval_users()
+        metrics = all_metrics(ids[ev, :cfg.k], ds.answers_padded(ev), cfg.k)
+        print(json.dumps({"run": run, "dataset": ds.name, **{k: round(v, 5) for k, v in metrics.items()}}))
+    print(f"wrote {', '.join(wrote)}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,46 @@
+"""Validate a submission CSV against a dataset and print its local scores (Recall@k, NDCG@k, HR@k).
+
+Checks: header `user,item`; every answered user present; exactly k unique items per user;
+no item already in the user's training data; no unknown user or item.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.config import parse_config
+from common.data import Dataset, pad_rows
+from common.io import InputError, run_main
+from common.metrics import all_metrics
+from common.submission import read_answers, read_ranked, submission_matrix
+
+
+@dataclass
+class EvaluateConfig:
+    submission: str = field(default="", metadata={"positional": True, "help": "submission CSV (user,item)"})
+    data: str = field(default="data/demo", metadata={"help": "preprocessed dataset the submission is for"})
+    answers: str = field(default="", metadata={"help": "answers CSV (user,item, raw ids); default <data>/answers.csv"})
+    k: int = 10
+
+
+def main():
+    cfg = parse_config(EvaluateConfig, description=__doc__)
+    ds = Dataset(Path(cfg.data))
+    answers_path = Path(cfg.answers) if cfg.answers else ds.root / "answers.csv"
+    if not cfg.answers and not ds.has_holdout:
+        raise InputError(f"{ds.root}: preprocessed without a hold-out; pass --answers")
+    ans_indptr, ans_items = read_answers(answers_path, ds)
+    answered = np.flatnonzero(np.diff(ans_indptr) > 0)
+    sub_path = Path(cfg.submission)
+    users, mat = submission_matrix(read_ranked(sub_path), ds, sub_path, cfg.k, required_users=answered)
+    rows = np.searchsorted(users, answered)
+    metrics = all_metrics(mat[rows], pad_rows(ans_indptr, ans_items, answered), cfg.k)
+    print(f"{sub_path}: valid ({len(users):,} users x {cfg.k} items); scored on {len(answered):,} users")
+    print(json.dumps({"submission": str(sub_path), **{k: round(v, 5) for k, v in metrics.items()}}))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,34 @@
+# Set up once, then run any target. Variables can be overridden: make seeds SEEDS="1 2 3" DATA=data/ml-latest-small
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= data/demo
+SEEDS ?= 1 2 3
+EPOCHS ?= 200
+
+.PHONY: setup demo test seeds clean-demo
+
+$(VENV)/.ready: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.ready
+
+# The whole pipeline on built-in synthetic data, ending with local scores.
+demo: setup
+	$(PY) 00_make_demo.py --out data/raw/demo --scale small --seed 0
+	$(PY) 01_preprocess.py --input data/raw/demo --holdout-last 5 --holdout-random 5 --seed 0
+	$(PY) 02_train.py --data data/demo --model pop
+	$(PY) 03_inference.py data/demo/runs/demo-pop-s42/checkpoint.pt
+	$(PY) 02_train.py --data data/demo --model sasrec --loss bce --epochs 15 --patience 3
+	$(PY) 03_inference.py data/demo/runs/demo-sasrec-bce-s42/checkpoint.pt
+	$(PY) 05_evaluate.py submissions/demo-pop-s42.csv --data data/demo
+	$(PY) 05_evaluate.py submissions/demo-sasrec-bce-s42.csv --data data/demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean-demo:
+	rm -rf data/raw/demo data/demo submissions/demo-*

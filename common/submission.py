@@ -1,0 +1,116 @@
+"""Submission and candidate files: writing, reading and validating against a dataset.
+
+submission:  `user,item`, k rows per user, users ascending, items in rank order, raw ids.
+candidates:  `user,item,score,rank`, the same with each item's score and 1-based rank.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.data import Dataset, csr_offsets
+from common.io import InputError, atomic_path
+from common.readers import _read_csv, int_column
+
+SUBMISSION_COLUMNS = ["user", "item"]
+CANDIDATE_COLUMNS = ["user", "item", "score", "rank"]
+
+
+def write_ranked(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, scores: np.ndarray | None = None) -> None:
+    """Write [U, K] ranked raw items for raw users; with scores, the candidates layout."""
+    U, K = item_raw.shape
+    cols = {"user": np.repeat(user_raw, K), "item": item_raw.ravel()}
+    if scores is not None:
+        cols["score"] = scores.ravel()
+        cols["rank"] = np.tile(np.arange(1, K + 1), U)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(cols).to_csv(tmp, index=False, float_format="%.6g")
+
+
+def read_ranked(path: Path, with_scores: bool = False) -> pd.DataFrame:
+    """Read a submission (or candidates) file with checked header and integer ids."""
+    path = Path(path)
+    df = _read_csv(path)
+    need = CANDIDATE_COLUMNS if with_scores else SUBMISSION_COLUMNS
+    if list(df.columns[:len(need)]) != need:
+        raise InputError(f"{path}: header must start with '{','.join(need)}', found '{','.join(map(str, df.columns))}'")
+    if len(df) == 0:
+        raise InputError(f"{path}: no rows")
+    out = pd.DataFrame({"user": int_column(df["user"], path, "user"), "item": int_column(df["item"], path, "item")})
+    if with_scores:
+        score = pd.to_numeric(df["score"], errors="coerce")
+        if score.isna().any():
+            raise InputError(f"{path}: row {int(np.flatnonzero(score.isna())[0]) + 2}, column 'score': not a number")
+        out["score"] = score.to_numpy(np.float64)
+        out["rank"] = int_column(df["rank"], path, "rank")
+    return out
+
+
+def dense_ids(raw_ids: np.ndarray, raw_map: np.ndarray, path: Path, col: str, offset: int = 0) -> np.ndarray:
+    """Map raw ids to dense positions in the sorted `raw_map` (+offset); unknown ids are an error."""
+    pos = np.minimum(np.searchsorted(raw_map, raw_ids), len(raw_map) - 1)
+    bad = raw_map[pos] != raw_ids
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{path}: row {i + 2}, column '{col}': {col} {raw_ids[i]} is not in the dataset")
+    return pos + offset
+
+
+def to_dense(df: pd.DataFrame, ds: Dataset, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    users = dense_ids(df["user"].to_numpy(), ds.user_raw, path, "user")
+    items = dense_ids(df["item"].to_numpy(), ds.item_raw[1:], path, "item", offset=1)
+    return users, items
+
+
+def seen_mask(ds: Dataset, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """True where dense `items[i]` is in the training data of dense `users[i]`."""
+    lengths = np.diff(ds.indptr)
+    keys = np.repeat(np.arange(ds.n_users), lengths) * (ds.n_items + 1) + ds.items
+    keys.sort()
+    q = users * (ds.n_items + 1) + items
+    idx = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
+    return keys[idx] == q if len(keys) else np.zeros(len(q), dtype=bool)
+
+
+def submission_matrix(df: pd.DataFrame, ds: Dataset, path: Path, k: int,
+                      required_users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a submission and return (dense users [U], dense items [U, k] in rank order).
+
+    Checks: every required user present, exactly k unique items per user, none seen, none unknown.
+    """
+    users, items = to_dense(df, ds, path)
+    seen = seen_mask(ds, users, items)
+    if seen.any():
+        i = int(np.flatnonzero(seen)[0])
+        raise InputError(f"{path}: row {i + 2}: item {df['item'].iat[i]} is already in user {df['user'].iat[i]}'s history")
+    order = np.argsort(users, kind="stable")
+    users_sorted = users[order]
+    uniq, counts = np.unique(users_sorted, return_counts=True)
+    if (counts != k).any():
+        u = uniq[np.flatnonzero(counts != k)[0]]
+        raise InputError(f"{path}: user {ds.user_raw[u]} has {counts[uniq == u][0]} rows, expected {k}")
+    mat = items[order].reshape(len(uniq), k)  # [U, k]
+    srt = np.sort(mat, axis=1)
+    dup = (srt[:, 1:] == srt[:, :-1]).any(axis=1)
+    if dup.any():
+        raise InputError(f"{path}: user {ds.user_raw[uniq[np.flatnonzero(dup)[0]]]} has a repeated item")
+    if required_users is not None:
+        missing = np.setdiff1d(required_users, uniq)
+        if len(missing):
+            raise InputError(f"{path}: {len(missing)} users are missing, e.g. user {ds.user_raw[missing[0]]}")
+    return uniq, mat
+
+
+def read_answers(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Answers `user,item` (raw ids) as CSR (indptr [n_users + 1], dense items), checked against `ds`."""
+    df = read_ranked(path)
+    users, items = to_dense(df, ds, path)
+    seen = seen_mask(ds, users, items)
+    if seen.any():
+        i = int(np.flatnonzero(seen)[0])
+        raise InputError(f"{path}: row {i + 2}: answer item {df['item'].iat[i]} is in user {df['user'].iat[i]}'s "
+                         f"training data; the answers do not belong to {ds.root}")
+    order = np.argsort(users, kind="stable")
+    return csr_offsets(np.bincount(users, minlength=ds.n_users)), items[order]
