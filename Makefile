@@ -7,6 +7,8 @@ SEEDS ?= 1 2 3
 EPOCHS ?= 200
 
 .PHONY: setup demo test seeds clean-demo
+TRAIN_ARGS ?=
+TAG ?= sasrec
 
 $(VENV)/.ready: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +31,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# Train + infer every seed in SEEDS, then blend them: SEEDS="1 2 3" make seeds DATA=data/ml-latest-small
+seeds: setup
+	DATA=$(DATA) TAG=$(TAG) TRAIN_ARGS="$(TRAIN_ARGS)" PY=$(PY) scripts/seeds.sh $(SEEDS)
 
 clean-demo:
 	rm -rf data/raw/demo data/demo submissions/demo-*
