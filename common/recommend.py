@@ -16,7 +16,7 @@ from common.io import InputError
 from common.metrics import all_metrics
 from common.model import SASRec, SASRecArgs
 
-MODEL_TYPES = ("pop", "sasrec")
+MODEL_TYPES = ("pop", "ease", "sasrec")
 CHECKPOINT_VERSION = 1
 
 
@@ -32,6 +32,30 @@ class PopRecommender:
 
     def score(self, users: np.ndarray) -> torch.Tensor:
         return self.counts.expand(len(users), -1)  # [B, V]
+
+
+class EASERecommender:
+    """EASE (Steck 2019): scores = X_u B with B = I - P / diag(P), P = (X^T X + l2 I)^-1, diag(B) = 0."""
+
+    def __init__(self, B: torch.Tensor, ds: Dataset):
+        self.B = B  # [V, V], row and column 0 (padding) are zero
+        self.X = ds.seen_matrix()  # sparse [n_users, V]
+
+    @staticmethod
+    def fit(ds: Dataset, l2: float) -> dict:
+        X = ds.seen_matrix()[:, 1:]  # [U, n_items], real items only
+        G = torch.from_numpy((X.T @ X).toarray().astype(np.float32))  # [n, n] Gram matrix
+        G.diagonal().add_(l2)
+        P = torch.cholesky_inverse(torch.linalg.cholesky(G))  # [n, n], G is symmetric positive definite
+        B = -P / P.diagonal()[None, :]  # B_ij = -P_ij / P_jj
+        B.diagonal().zero_()
+        full = torch.zeros(ds.n_items + 1, ds.n_items + 1)
+        full[1:, 1:] = B
+        return {"B": full}
+
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        x = self.X[users]  # sparse [B, V]
+        return torch.from_numpy(np.asarray(x @ self.B.numpy(), dtype=np.float32)).to(self.B.device)  # [B, V]
 
 
 class SASRecRecommender:
@@ -85,6 +109,8 @@ def build_recommender(ckpt: dict, ds: Dataset, device: torch.device):
     kind = ckpt["model_type"]
     if kind == "pop":
         return PopRecommender(ckpt["state_dict"]["counts"].to(device))
+    if kind == "ease":
+        return EASERecommender(ckpt["state_dict"]["B"], ds)
     model = SASRec(SASRecArgs(**ckpt["model_args"])).to(device)
     model.load_state_dict(ckpt["state_dict"])
     return SASRecRecommender(model, ds, device)

@@ -1,0 +1,256 @@
+"""SASRec and its losses: masks, causality, padding invariance, shapes, variants, hand-computed losses."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.losses import LOSSES, bce_loss, bpr_loss  # noqa: E402
+from common.model import PAD, SASRec, SASRecArgs, attention_mask  # noqa: E402
+
+N_ITEMS = 30
+MAX_LEN = 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is far faster than several spinning threads on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_model(seed: int = 0, **kw) -> SASRec:
+    torch.manual_seed(seed)
+    args = dict(n_items=N_ITEMS, hidden=16, layers=2, heads=2, dropout_attn=0.3, dropout_hidden=0.3,
+                max_len=MAX_LEN, init_std=0.5)  # a large init_std so that positions differ clearly
+    args.update(kw)
+    return SASRec(SASRecArgs(**args)).eval()
+
+
+def random_seqs(B: int, L: int, n_pad: list[int], seed: int = 1) -> torch.Tensor:
+    """[B, L] item ids in 1..N_ITEMS, row b left-padded with n_pad[b] zeros."""
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, N_ITEMS + 1, (B, L), generator=g)
+    for b, p in enumerate(n_pad):
+        seq[b, :p] = PAD
+    return seq
+
+
+# ---------------------------------------------------------------- attention_mask
+
+def test_attention_mask_shape_causal_and_padding():
+    seq = torch.tensor([[0, 0, 3, 4, 5],
+                        [1, 2, 3, 4, 5],
+                        [0, 0, 0, 0, 7]])
+    m = attention_mask(seq)
+    B, L = seq.shape
+    assert m.shape == (B, 1, L, L)
+    assert m.dtype == torch.bool
+    for b in range(B):
+        for i in range(L):
+            for j in range(L):
+                expected = (j == i) or (j < i and seq[b, j].item() != PAD)
+                assert m[b, 0, i, j].item() == expected, (b, i, j)
+    # no query may see the future
+    assert not torch.triu(m[:, 0], diagonal=1).any()
+    # a padding key is visible only to itself
+    for b in range(B):
+        pad_keys = (seq[b] == PAD).nonzero().flatten()
+        for j in pad_keys.tolist():
+            assert m[b, 0, :, j].sum().item() == 1 and m[b, 0, j, j]
+
+
+def test_fully_padded_row_is_finite():
+    model = make_model()
+    seq = torch.zeros(3, MAX_LEN, dtype=torch.long)
+    seq[1, -3:] = torch.tensor([4, 5, 6])  # one normal row beside the padded ones
+    with torch.no_grad():
+        h = model(seq)
+        scores = model.score_all(h[:, -1])
+    assert torch.isfinite(h).all()
+    assert torch.isfinite(scores).all()
+    # also in training mode (dropout on): still no NaN
+    model.train()
+    h = model(seq)
+    assert torch.isfinite(h).all()
+
+
+# ---------------------------------------------------------------- causality and padding
+
+def assert_causal(model: SASRec, L: int = 10, n_pad=(0, 3, 6)):
+    seq = random_seqs(len(n_pad), L, list(n_pad))
+    with torch.no_grad():
+        base = model(seq)
+        for t in range(max(n_pad) - 1, L - 1):
+            changed = seq.clone()
+            changed[:, t + 1] = changed[:, t + 1] % N_ITEMS + 1  # a different real item
+            out = model(changed)
+            assert torch.allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-6), f"position <= {t} changed"
+            diff = (out[:, t + 1] - base[:, t + 1]).abs().max(dim=-1).values  # [B]
+            assert (diff > 1e-4).all(), f"position {t + 1} did not change: {diff}"
+
+
+def test_causality_eval_mode():
+    assert_causal(make_model())
+
+
+@pytest.mark.parametrize("variant", [dict(pre_ln=True), dict(final_ln=True), dict(tied=False),
+                                     dict(pre_ln=True, final_ln=True, tied=False, layers=3, heads=4)])
+def test_variants_run_and_stay_causal(variant):
+    model = make_model(**variant)
+    seq = random_seqs(4, MAX_LEN, [0, 2, 5, MAX_LEN - 1])
+    with torch.no_grad():
+        h = model(seq)
+        scores = model.score_all(h)
+    assert h.shape == (4, MAX_LEN, 16)
+    assert scores.shape == (4, MAX_LEN, N_ITEMS + 1)
+    assert torch.isfinite(h).all() and torch.isfinite(scores).all()
+    assert_causal(model)
+
+
+def test_untied_scores_use_separate_table():
+    model = make_model(tied=False)
+    assert model.out_emb is not None
+    assert model.output_embeddings().data_ptr() == model.out_emb.weight.data_ptr()
+    assert model.output_embeddings().data_ptr() != model.item_emb.weight.data_ptr()
+    h = torch.randn(5, 16)
+    assert torch.allclose(model.score_all(h), h @ model.out_emb.weight.T)
+    tied = make_model(tied=True)
+    assert tied.out_emb is None
+    assert torch.allclose(tied.score_all(h), h @ tied.item_emb.weight.T)
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(pre_ln=True, final_ln=True, tied=False)])
+def test_left_padding_leaves_outputs_unchanged(variant):
+    model = make_model(**variant)
+    L = 7
+    seq = random_seqs(3, L, [0, 2, 4])
+    with torch.no_grad():
+        base = model(seq)
+        for extra in (1, 3, MAX_LEN - L):
+            wide = torch.cat([torch.zeros(3, extra, dtype=torch.long), seq], dim=1)
+            out = model(wide)
+            assert out.shape == (3, L + extra, 16)
+            assert torch.allclose(out[:, -1], base[:, -1], atol=1e-5), f"last output changed with {extra} pads"
+            # every real position keeps its output, not only the last one
+            real = wide[:, extra:] != PAD
+            assert torch.allclose(out[:, extra:][real], base[real], atol=1e-5)
+
+
+# ---------------------------------------------------------------- shapes and scoring
+
+def test_forward_and_score_shapes():
+    model = make_model(hidden=24, heads=3)
+    B, L = 5, 9
+    seq = random_seqs(B, L, [0, 1, 2, 3, 8])
+    with torch.no_grad():
+        h = model(seq)
+    assert h.shape == (B, L, 24)
+    last = h[:, -1]
+    all_scores = model.score_all(last)
+    assert all_scores.shape == (B, N_ITEMS + 1)
+    items = torch.randint(0, N_ITEMS + 1, (B, 4))
+    some = model.score_items(last, items)
+    assert some.shape == (B, 4)
+    assert torch.allclose(some, all_scores.gather(1, items), atol=1e-5)
+
+
+def test_forward_rejects_too_long_sequence():
+    model = make_model()
+    with pytest.raises(AssertionError):
+        model(torch.ones(1, MAX_LEN + 1, dtype=torch.long))
+
+
+def test_padding_row_of_embeddings_is_zero():
+    model = make_model(tied=False)
+    assert torch.count_nonzero(model.item_emb.weight[PAD]) == 0
+    assert torch.count_nonzero(model.out_emb.weight[PAD]) == 0
+
+
+def test_dropout_is_active_only_in_training():
+    model = make_model(dropout_attn=0.5, dropout_hidden=0.5)
+    seq = random_seqs(2, 8, [0, 3])
+    with torch.no_grad():
+        a, b = model(seq), model(seq)
+        assert torch.equal(a, b)
+        model.train()
+        c = model(seq)
+    assert not torch.allclose(a, c)
+
+
+# ---------------------------------------------------------------- losses
+
+def _sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_bce_loss_by_hand():
+    pos = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    neg = torch.tensor([[0.5], [1.0]], dtype=torch.float64)
+    # bce = mean over n of [ -log σ(pos_n) - Σ_m log(1 - σ(neg_nm)) ]
+    #     = ( [-log σ(2) - log(1 - σ(0.5))] + [-log σ(-1) - log(1 - σ(1))] ) / 2
+    by_hand = ((-math.log(_sig(2.0)) - math.log(1 - _sig(0.5)))
+               + (-math.log(_sig(-1.0)) - math.log(1 - _sig(1.0)))) / 2
+    assert bce_loss(pos, neg).item() == pytest.approx(by_hand, rel=1e-12)
+    # terms: 0.12693 + 0.97408 + 1.31326 + 1.31326 = 3.72753, halved
+    assert by_hand == pytest.approx(1.86376, abs=1e-4)
+
+
+def test_bce_loss_sums_over_negatives():
+    pos = torch.tensor([0.3, -2.0, 1.5], dtype=torch.float64)
+    neg = torch.tensor([[0.5, -0.7], [1.0, 2.0], [-3.0, 0.0]], dtype=torch.float64)
+    # per position: -log σ(p) - log(1 - σ(n1)) - log(1 - σ(n2)); then the mean over the 3 positions
+    terms = [-math.log(_sig(p)) - sum(math.log(1 - _sig(n)) for n in row)
+             for p, row in zip(pos.tolist(), neg.tolist())]
+    assert bce_loss(pos, neg).item() == pytest.approx(sum(terms) / len(terms), rel=1e-12)
+
+
+def test_bpr_loss_by_hand():
+    pos = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    neg = torch.tensor([[0.5], [1.0]], dtype=torch.float64)
+    # bpr = mean over (n, m) of -log σ(pos_n - neg_nm) = ( -log σ(2 - 0.5) - log σ(-1 - 1) ) / 2
+    by_hand = (-math.log(_sig(1.5)) - math.log(_sig(-2.0))) / 2
+    assert bpr_loss(pos, neg).item() == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_bpr_loss_averages_over_negatives():
+    pos = torch.tensor([0.3, -2.0], dtype=torch.float64)
+    neg = torch.tensor([[0.5, -0.7, 4.0], [1.0, 2.0, -2.5]], dtype=torch.float64)
+    # mean over all 6 (position, negative) pairs of -log σ(p - n)
+    terms = [-math.log(_sig(p - n)) for p, row in zip(pos.tolist(), neg.tolist()) for n in row]
+    assert bpr_loss(pos, neg).item() == pytest.approx(sum(terms) / len(terms), rel=1e-12)
+
+
+def test_losses_are_stable_for_large_logits():
+    pos = torch.tensor([80.0, -80.0])
+    neg = torch.tensor([[-80.0], [80.0]])
+    for fn in (bce_loss, bpr_loss):
+        v = fn(pos, neg)
+        assert torch.isfinite(v)
+    # the bad position dominates: -log σ(-80) - log(1 - σ(80)) = 160 (to float precision), mean 80
+    assert bce_loss(pos, neg).item() == pytest.approx(80.0, rel=1e-4)
+    assert bpr_loss(pos, neg).item() == pytest.approx(80.0, rel=1e-4)  # (0 + 160) / 2
+
+
+def test_loss_registry_points_at_functions():
+    assert LOSSES["bce"].fn is bce_loss and LOSSES["bce"].kind == "sampled"
+    assert LOSSES["bpr"].fn is bpr_loss and LOSSES["bpr"].kind == "sampled"
+
+
+def test_losses_have_gradients_in_the_right_direction():
+    pos = torch.tensor([0.0, 0.0], requires_grad=True)
+    neg = torch.tensor([[0.0], [0.0]], requires_grad=True)
+    for fn in (bce_loss, bpr_loss):
+        pos.grad = neg.grad = None
+        fn(pos, neg).backward()
+        assert (pos.grad < 0).all(), "raising a positive score must lower the loss"
+        assert (neg.grad > 0).all(), "raising a negative score must raise the loss"

@@ -1,0 +1,411 @@
+"""Training: negative sampling, training windows, the loss step, and 02_train.py / 03_inference.py end to end."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.batches import NegativeSampler, gather_windows, window_ends  # noqa: E402
+from common.data import Dataset, build_dataset, pad_rows  # noqa: E402
+from common.model import SASRec, SASRecArgs  # noqa: E402
+from common.readers import RawData  # noqa: E402
+from common.recommend import build_recommender, evaluate, load_checkpoint  # noqa: E402
+
+ML_SMALL = ROOT.parent / "shared" / "data" / "ml-latest-small"
+DEMO_USERS = 400  # users kept from the synthetic demo data, to keep each training run short
+TRAIN_ARGS = ["--hidden", "16", "--max-len", "20", "--epochs", "1", "--no-progress", "--batch-size", "512"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny in-process tensors: one thread is far faster than several spinning threads on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_script(script: str, *args, cwd: Path | None = None, expect_rc: int | None = 0) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=600)
+    if expect_rc is not None and proc.returncode != expect_rc:
+        pytest.fail(f"{script} {' '.join(map(str, args))} exited {proc.returncode}, expected {expect_rc}\n"
+                    f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def load_train_module():
+    """02_train.py as a module (its name starts with a digit, so no plain import)."""
+    spec = importlib.util.spec_from_file_location("train_02_under_test", ROOT / "02_train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ---------------------------------------------------------------- a tiny hand-made dataset
+
+def make_raw(lengths: list[int], n_items: int, seed: int = 0) -> RawData:
+    """Users 100, 101, ... with `lengths[i]` distinct items each (raw ids 1000 + k), times increasing."""
+    rng = np.random.default_rng(seed)
+    users, items, times = [], [], []
+    for u, n in enumerate(lengths):
+        its = rng.choice(n_items, size=n, replace=False) + 1000
+        users += [100 + u] * n
+        items += its.tolist()
+        times += sorted(rng.integers(0, 10_000, size=n).tolist())
+    # make sure every item occurs somewhere, so that n_items is exact
+    extra = np.setdiff1d(np.arange(n_items) + 1000, items)
+    users += [999] * len(extra)
+    items += extra.tolist()
+    times += list(range(len(extra)))
+    return RawData(users=np.asarray(users, np.int64), items=np.asarray(items, np.int64),
+                   times=np.asarray(times, np.float64), source="test")
+
+
+@pytest.fixture(scope="module")
+def tiny_ds(tmp_path_factory) -> Dataset:
+    out = tmp_path_factory.mktemp("tiny") / "ds"
+    build_dataset(make_raw([1, 2, 5, 13, 9, 25, 4, 8], n_items=40), out, holdout=False, name="tiny")
+    ds = Dataset(out)
+    assert ds.n_items == 40
+    return ds
+
+
+# ---------------------------------------------------------------- NegativeSampler
+
+def test_negative_sampler_never_returns_padding_or_seen_items(tiny_ds):
+    ds = tiny_ds
+    sampler = NegativeSampler(ds, np.random.default_rng(0))
+    users = np.repeat(np.arange(ds.n_users), 500)
+    neg = sampler.sample(users, (4,))
+    assert neg.shape == (len(users), 4)
+    assert neg.min() >= 1 and neg.max() <= ds.n_items
+    for u in range(ds.n_users):
+        seen = set(ds.sequence(u).tolist())
+        drawn = set(neg[users == u].ravel().tolist())
+        assert not (drawn & seen), f"user {u} got its own training items {sorted(drawn & seen)} as negatives"
+        # uniform over the unseen items: with 2000 draws every unseen item turns up
+        assert drawn == set(range(1, ds.n_items + 1)) - seen
+
+
+def test_negative_sampler_excludes_per_user_not_globally(tiny_ds):
+    """An item seen by one user is still a valid negative for another."""
+    ds = tiny_ds
+    sampler = NegativeSampler(ds, np.random.default_rng(1))
+    a, b = 3, 5  # users with 13 and 25 training items
+    only_a = set(ds.sequence(a).tolist()) - set(ds.sequence(b).tolist())
+    neg_b = sampler.sample(np.full(4000, b), (1,)).ravel()
+    assert only_a & set(neg_b.tolist())
+
+
+def test_negative_sampler_heavy_user_gets_no_seen_items(tmp_path):
+    """A user who has seen all but 3 of 20 items: every negative must still be one of those 3."""
+    out = tmp_path / "ds"
+    build_dataset(make_raw([17, 3], n_items=20, seed=3), out, holdout=False, name="heavy")
+    ds = Dataset(out)
+    heavy = int(np.argmax(np.diff(ds.indptr)))
+    unseen = set(range(1, ds.n_items + 1)) - set(ds.sequence(heavy).tolist())
+    assert len(unseen) == 3
+    neg = NegativeSampler(ds, np.random.default_rng(0)).sample(np.full(5000, heavy), (4,))
+    bad = ~np.isin(neg, list(unseen))
+    assert not bad.any(), (f"{int(bad.sum())} of {neg.size} negatives are items the user has seen, "
+                           f"e.g. {sorted(set(neg[bad].tolist()))[:5]}")
+
+
+# ---------------------------------------------------------------- window_ends / gather_windows
+
+def check_windows(ds: Dataset, ends: np.ndarray, max_len: int):
+    """Shared checks; returns per window (user, target items)."""
+    inp, tgt, user = gather_windows(ds.indptr, ds.items, ends, max_len)
+    assert inp.shape == tgt.shape == (len(ends), max_len)
+    out = []
+    for b in range(len(ends)):
+        u = int(user[b])
+        assert ds.indptr[u] + 2 <= ends[b] <= ds.indptr[u + 1], "window end outside its user's sequence"
+        seq = ds.sequence(u).tolist()
+        mask = tgt[b] != 0
+        n = int(mask.sum())
+        assert n >= 1
+        assert not mask[:max_len - n].any() and mask[max_len - n:].all(), "targets must be left-padded"
+        assert ((inp[b] != 0) == mask).all(), "an input exactly where there is a target"
+        t, x = tgt[b][mask].tolist(), inp[b][mask].tolist()
+        k = seq.index(t[0])
+        assert k >= 1, "the first item of a sequence has no input, so it is never a target"
+        assert t == seq[k:k + n], "targets are the user's training items in order"
+        assert x == seq[k - 1:k - 1 + n], "inputs are the targets shifted by one"
+        assert (inp[b, max_len - n + 1:] == tgt[b, max_len - n:-1]).all()
+        # the window ends at `end`: its last target is item end-1, and it is as long as allowed
+        assert t[-1] == ds.items[ends[b] - 1]
+        assert n == min(max_len, ends[b] - ds.indptr[u] - 1)
+        out.append((u, t))
+    return out
+
+
+def eligible_users(ds: Dataset) -> list[int]:
+    return [u for u in range(ds.n_users) if len(ds.sequence(u)) >= 2]
+
+
+@pytest.mark.parametrize("max_len", [4, 50])
+def test_windows_last(tiny_ds, max_len):
+    ds = tiny_ds
+    ends = window_ends(ds.indptr, max_len, "last", np.random.default_rng(0))
+    wins = check_windows(ds, ends, max_len)
+    assert sorted(u for u, _ in wins) == eligible_users(ds)
+    for u, t in wins:
+        seq = ds.sequence(u).tolist()
+        assert t == seq[1:][-max_len:], "the last window holds the latest max_len targets"
+
+
+@pytest.mark.parametrize("max_len", [1, 3, 4, 12, 50])
+def test_windows_cover_every_target_once(tiny_ds, max_len):
+    ds = tiny_ds
+    ends = window_ends(ds.indptr, max_len, "windows", np.random.default_rng(0))
+    wins = check_windows(ds, ends, max_len)
+    got = sorted((u, i) for u, t in wins for i in t)
+    want = sorted((u, i) for u in eligible_users(ds) for i in ds.sequence(u).tolist()[1:])
+    assert got == want, "every (user, target) once, and no other"
+    # each user's windows: as few as possible, all full except possibly the earliest one
+    for u in eligible_users(ds):
+        lens = [len(t) for v, t in wins if v == u]
+        assert len(lens) == math.ceil((len(ds.sequence(u)) - 1) / max_len)
+        assert sorted(lens)[1:] == [max_len] * (len(lens) - 1)
+
+
+def test_windows_crops(tiny_ds):
+    ds, max_len = tiny_ds, 4
+    rng = np.random.default_rng(0)
+    seen_ends = {u: set() for u in eligible_users(ds)}
+    for _ in range(200):  # 200 epochs
+        ends = window_ends(ds.indptr, max_len, "crops", rng)
+        wins = check_windows(ds, ends, max_len)
+        assert sorted(u for u, _ in wins) == eligible_users(ds), "one crop per user per epoch"
+        for u, t in wins:
+            seen_ends[u].add(ds.sequence(u).tolist().index(t[-1]))
+    for u, got in seen_ends.items():  # every possible end position is drawn at some epoch
+        assert got == set(range(1, len(ds.sequence(u)))), f"user {u}: crop ends {sorted(got)}"
+
+
+def test_window_ends_rejects_unknown_mode(tiny_ds):
+    with pytest.raises(ValueError):
+        window_ends(tiny_ds.indptr, 4, "everything", np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------- train_loss
+
+def tiny_batch(n_items: int = 20, L: int = 8, seed: int = 0):
+    """A hand-made batch: 4 left-padded sequences, targets shifted by one, one unseen negative each."""
+    rng = np.random.default_rng(seed)
+    lengths = [9, 6, 4, 2]  # items per user; a window has len - 1 targets
+    inp = np.zeros((len(lengths), L), np.int64)
+    tgt = np.zeros((len(lengths), L), np.int64)
+    negs = []
+    for b, n in enumerate(lengths):
+        seq = rng.choice(np.arange(1, n_items + 1), n, replace=False)
+        m = min(n - 1, L)
+        inp[b, L - m:], tgt[b, L - m:] = seq[-m - 1:-1], seq[-m:]
+        unseen = np.setdiff1d(np.arange(1, n_items + 1), seq)
+        negs.append(rng.choice(unseen, size=(m, 1)))
+    return {"input": torch.from_numpy(inp), "target": torch.from_numpy(tgt),
+            "negatives": torch.from_numpy(np.concatenate(negs))}
+
+
+def tiny_model(n_items: int = 20, **kw) -> SASRec:
+    torch.manual_seed(0)
+    a = dict(n_items=n_items, hidden=32, layers=1, heads=2, dropout_attn=0.0, dropout_hidden=0.0, max_len=8)
+    a.update(kw)
+    return SASRec(SASRecArgs(**a))
+
+
+@pytest.mark.parametrize("loss", ["bce", "bpr"])
+def test_train_loss_matches_manual_computation(loss):
+    train = load_train_module()
+    model, batch = tiny_model(init_std=0.3).eval(), tiny_batch()
+    got = train.train_loss(model, batch, loss)
+    with torch.no_grad():
+        h = model(batch["input"])
+        E = model.output_embeddings()
+        pos, neg = [], []
+        n = 0
+        for b in range(h.shape[0]):
+            for j in range(h.shape[1]):
+                if batch["target"][b, j] == 0:
+                    continue  # padded positions do not count
+                pos.append(float(h[b, j] @ E[batch["target"][b, j]]))
+                neg.append([float(h[b, j] @ E[i]) for i in batch["negatives"][n]])
+                n += 1
+    assert n == len(batch["negatives"])
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    if loss == "bce":
+        terms = [-math.log(sig(p)) - sum(math.log(1 - sig(x)) for x in ns) for p, ns in zip(pos, neg)]
+    else:
+        terms = [-math.log(sig(p - x)) for p, ns in zip(pos, neg) for x in ns]
+    assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["bce", "bpr"])
+def test_tiny_sasrec_overfits_one_batch(loss):
+    train = load_train_module()
+    model, batch = tiny_model().train(), tiny_batch()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(200):
+        value = train.train_loss(model, batch, loss)
+        first = value.item() if first is None else first
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    final = train.train_loss(model, batch, loss).item()
+    assert first == pytest.approx(math.log(2) * (2 if loss == "bce" else 1), rel=0.05), "untrained scores ≈ 0"
+    assert final < first / 20, f"{loss}: loss {first:.4f} -> {final:.4f} after 200 steps"
+
+
+# ---------------------------------------------------------------- the training script
+
+@pytest.fixture(scope="module")
+def demo_ds(tmp_path_factory) -> Path:
+    """Synthetic demo data cut to DEMO_USERS users, preprocessed with the scripts."""
+    tmp = tmp_path_factory.mktemp("demo")
+    run_script("00_make_demo.py", "--out", tmp / "raw")
+    ratings_path = tmp / "raw" / "train_ratings.csv"
+    ratings = pd.read_csv(ratings_path)
+    keep = np.sort(ratings["user"].unique())[:DEMO_USERS]
+    ratings[ratings["user"].isin(keep)].to_csv(ratings_path, index=False)
+    run_script("01_preprocess.py", "--input", tmp / "raw", "--out", tmp / "ds")
+    return tmp / "ds"
+
+
+@pytest.fixture(scope="module")
+def run_seed1(demo_ds) -> Path:
+    run_script("02_train.py", "--data", demo_ds, *TRAIN_ARGS, "--seed", "1", "--run-name", "seed1")
+    return demo_ds / "runs" / "seed1"
+
+
+def test_training_is_deterministic_per_seed(demo_ds, run_seed1):
+    run_script("02_train.py", "--data", demo_ds, *TRAIN_ARGS, "--seed", "1", "--run-name", "seed1-again")
+    run_script("02_train.py", "--data", demo_ds, *TRAIN_ARGS, "--seed", "2", "--run-name", "seed2")
+    a = read_metrics(run_seed1)
+    b = read_metrics(demo_ds / "runs" / "seed1-again")
+    c = read_metrics(demo_ds / "runs" / "seed2")
+    assert len(a) == len(b) == len(c) == 1
+    assert math.isfinite(a[0]["loss"])
+    assert a[0]["loss"] == b[0]["loss"], "same seed, different first-epoch loss"
+    assert a[0]["recall@10"] == b[0]["recall@10"]
+    assert a[0]["loss"] != c[0]["loss"], "another seed gave the very same loss"
+
+
+def test_checkpoint_round_trip(demo_ds, run_seed1):
+    ckpt = load_checkpoint(run_seed1 / "checkpoint.pt")
+    for key in ("model_args", "state_dict", "config", "user_raw", "item_raw", "epoch", "best_score", "data_dir"):
+        assert key in ckpt, f"checkpoint lacks {key}"
+    ds = Dataset(demo_ds)
+    assert ckpt["model_type"] == "sasrec"
+    assert ckpt["epoch"] == 0
+    assert Path(ckpt["data_dir"]) == demo_ds.resolve()
+    assert np.array_equal(ckpt["user_raw"].numpy(), ds.user_raw)
+    assert np.array_equal(ckpt["item_raw"].numpy(), ds.item_raw)
+    assert ckpt["model_args"]["hidden"] == ckpt["config"]["hidden"] == 16
+    assert ckpt["model_args"]["n_items"] == ds.n_items
+    assert ckpt["config"]["seed"] == 1
+
+    users = np.arange(ds.n_users)
+    rec = build_recommender(ckpt, ds, torch.device("cpu"))
+    got = rec.score(users)
+
+    model = SASRec(SASRecArgs(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    seq = torch.from_numpy(pad_rows(ds.indptr, ds.items, users, model.args.max_len, left=True))
+    with torch.no_grad():
+        want = model.score_all(model(seq)[:, -1])
+    assert got.shape == (ds.n_users, ds.n_items + 1)
+    assert torch.allclose(got, want, atol=1e-5)
+
+    # the score logged for the best epoch is reproduced from the checkpoint
+    logged = read_metrics(run_seed1)[0]
+    assert ckpt["best_score"] == pytest.approx(logged["recall@10"])
+    assert evaluate(rec, ds, 10)["recall@10"] == pytest.approx(logged["recall@10"], abs=1e-9)
+
+
+def test_resume_matches_uninterrupted_run(demo_ds, run_seed1):
+    two = [*TRAIN_ARGS[:-5], "--epochs", "2", *TRAIN_ARGS[-3:]]  # TRAIN_ARGS with 2 epochs
+    assert two.count("--epochs") == 1 and "2" in two
+    run_script("02_train.py", "--data", demo_ds, *two, "--seed", "1", "--run-name", "full")
+    run_script("02_train.py", "--data", demo_ds, *TRAIN_ARGS, "--seed", "1", "--run-name", "resumed")
+    run_script("02_train.py", "--data", demo_ds, *two, "--seed", "1", "--run-name", "resumed", "--resume")
+    full = read_metrics(demo_ds / "runs" / "full")
+    resumed = read_metrics(demo_ds / "runs" / "resumed")
+    assert [r["epoch"] for r in full] == [0, 1]
+    assert [r["epoch"] for r in resumed] == [0, 1], "the resumed metrics.jsonl must hold both epochs"
+    assert full[0]["loss"] == read_metrics(run_seed1)[0]["loss"]  # the same first epoch as a 1-epoch run
+    for f, r in zip(full, resumed):
+        assert abs(f["loss"] - r["loss"]) < 1e-6, f"epoch {f['epoch']}: loss {f['loss']} vs resumed {r['loss']}"
+        assert abs(f["recall@10"] - r["recall@10"]) < 1e-9
+    # and the final weights agree
+    a = torch.load(demo_ds / "runs" / "full" / "last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(demo_ds / "runs" / "resumed" / "last.pt", map_location="cpu", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 1
+    for name, w in a["state_dict"].items():
+        assert torch.allclose(w, b["state_dict"][name], atol=1e-6), name
+
+
+def test_resume_without_previous_run_fails_cleanly(demo_ds):
+    proc = run_script("02_train.py", "--data", demo_ds, *TRAIN_ARGS, "--run-name", "never-ran", "--resume",
+                      expect_rc=2)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected a one-line error, got:\n{proc.stderr}"
+    assert lines[0].startswith("error:")
+    assert "last.pt" in lines[0] and "Traceback" not in proc.stderr
+    assert not (demo_ds / "runs" / "never-ran" / "metrics.jsonl").exists()
+
+
+# ---------------------------------------------------------------- real data end to end
+
+@pytest.fixture(scope="module")
+def ml_ds(tmp_path_factory) -> Path:
+    if not (ML_SMALL / "ratings.csv").exists():
+        pytest.skip(f"{ML_SMALL} not found")
+    out = tmp_path_factory.mktemp("ml") / "ml-latest-small"
+    run_script("01_preprocess.py", "--input", ML_SMALL, "--out", out,
+               "--holdout-last", "5", "--holdout-random", "5", "--seed", "0")
+    return out
+
+
+@pytest.mark.parametrize("loss", ["bce", "bpr"])
+def test_ml_latest_small_end_to_end(ml_ds, loss, tmp_path):
+    run_script("02_train.py", "--data", ml_ds, "--loss", loss, "--epochs", "2", "--hidden", "16", "--max-len", "20",
+               "--batch-size", "512", "--no-progress", "--run-name", f"e2e-{loss}")
+    run_dir = ml_ds / "runs" / f"e2e-{loss}"
+    metrics = read_metrics(run_dir)
+    assert [r["epoch"] for r in metrics] == [0, 1]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in metrics)
+    assert all(math.isfinite(r["recall@10"]) for r in metrics)
+
+    subs = tmp_path / "subs"
+    run_script("03_inference.py", run_dir / "checkpoint.pt", "--out-dir", subs)
+    sub = pd.read_csv(subs / f"e2e-{loss}.csv")
+    assert list(sub.columns) == ["user", "item"]
+    ds = Dataset(ml_ds)
+    assert ds.n_users == 610
+    assert sorted(sub["user"].unique()) == sorted(ds.user_raw.tolist())
+    assert (sub.groupby("user")["item"].nunique() == 10).all()
+    assert (sub.groupby("user").size() == 10).all()
+    assert sub["item"].isin(ds.item_raw[1:]).all(), "unknown items in the submission"
+    seen = {int(ds.user_raw[u]): set(ds.item_raw[ds.sequence(u)].tolist()) for u in range(ds.n_users)}
+    overlap = [(u, i) for u, i in zip(sub["user"], sub["item"]) if i in seen[u]]
+    assert not overlap, f"{len(overlap)} recommended items are already in the user's history, e.g. {overlap[:3]}"
