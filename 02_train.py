@@ -1,6 +1,7 @@
 """Fit a model on data/<dataset>/ and write data/<dataset>/runs/<run>/{checkpoint.pt,config.json,metrics.jsonl}.
 
-Models: pop (most popular), ease (closed-form item-item, --l2), sasrec (S3-Rec's fine-tuning model) with --loss bce (baseline) or bpr.
+Models: pop (most popular), ease (closed-form item-item, --l2), sasrec (S3-Rec's fine-tuning model)
+with --loss bce (the baseline), bpr, ce (softmax over all items) or sampled (shared negatives).
 With a local hold-out every epoch is scored (Recall@10, NDCG@10), the best epoch is kept and training
 stops early. Without one, training runs a fixed --epochs: take the best epoch of a hold-out run.
 """
@@ -34,7 +35,10 @@ class TrainConfig:
     loss: str = field(default="bce", metadata={"choices": tuple(LOSSES)})
     history: str = field(default="last", metadata={"choices": HISTORY_MODES,
                                                    "help": "last max_len items, all windows, or random crops"})
-    negatives: int = field(default=1, metadata={"help": "sampled negatives per target position"})
+    negatives: int = field(default=1, metadata={"help": "negatives per target (bce, bpr) or per batch (sampled)"})
+    sampled_dist: str = field(default="uniform", metadata={"choices": ("uniform", "pop"),
+                                                           "help": "sampled: draw shared negatives uniformly or by popularity"})
+    logq: bool = field(default=False, metadata={"help": "sampled: subtract log q(item) from logits"})
     hidden: int = 64
     layers: int = 2
     heads: int = 2
@@ -83,25 +87,40 @@ def model_args(cfg: TrainConfig, ds: Dataset) -> SASRecArgs:
 
 
 def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
-    """Loss over the non-padded target positions of a batch {input, target, negatives}."""
+    """Loss over the non-padded target positions of a batch {input, target, negatives | shared, log_q}."""
     spec = LOSSES[loss_name]
     h = model(batch["input"])  # [B, L, H]
     mask = batch["target"] != 0  # [B, L]
     h, target = h[mask], batch["target"][mask]  # [N, H], [N]
     if spec.kind == "full":
-        return spec.fn(model.score_all(h), target)  # logits [N, V]
+        logits = model.score_all(h)  # [N, V]
+        return spec.fn(logits.index_fill(1, torch.tensor([0], device=h.device), -math.inf), target)
     pos = model.score_items(h, target[:, None])[:, 0]  # [N]
-    neg = model.score_items(h, batch["negatives"])  # [N, M]
+    if spec.negatives == "shared":
+        shared = batch["shared"]  # [M]
+        neg = h @ model.output_embeddings()[shared].T  # [N, M]
+        neg = neg.masked_fill(shared[None, :] == target[:, None], -math.inf)
+        if "log_q" in batch:  # logQ correction for popularity-sampled negatives
+            pos, neg = pos - batch["log_q"][target], neg - batch["log_q"][shared][None, :]
+    else:
+        neg = model.score_items(h, batch["negatives"])  # [N, M]
     return spec.fn(pos, neg)
 
 
 def make_batch(ds: Dataset, ends: np.ndarray, sampler: NegativeSampler, cfg: TrainConfig, device) -> dict:
     inp, target, user = gather_windows(ds.indptr, ds.items, ends, cfg.max_len)
-    mask = target != 0
-    users_per_target = np.broadcast_to(user[:, None], target.shape)[mask]  # [N]
-    batch = {"input": inp, "target": target, "user": user,
-             "negatives": sampler.sample(users_per_target, (cfg.negatives,))}  # negatives [N, M]
-    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
+    batch = {"input": inp, "target": target, "user": user}
+    kind = LOSSES[cfg.loss].negatives
+    if kind == "per_position":
+        mask = target != 0
+        users_per_target = np.broadcast_to(user[:, None], target.shape)[mask]  # [N]
+        batch["negatives"] = sampler.sample(users_per_target, (cfg.negatives,))  # [N, M]
+    elif kind == "shared":
+        batch["shared"] = sampler.shared(cfg.negatives, cfg.sampled_dist)  # [M]
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
+    if kind == "shared" and cfg.logq:
+        batch["log_q"] = torch.from_numpy(sampler.log_q(cfg.sampled_dist)).to(device)  # [V]
+    return batch
 
 
 def fit_closed_form(cfg: TrainConfig, ds: Dataset, out: Path) -> None:

@@ -54,6 +54,8 @@ class NegativeSampler:
         self.n_items = ds.n_items
         self.rng = rng
         users = np.repeat(np.arange(ds.n_users), np.diff(ds.indptr))
+        counts = np.bincount(ds.items, minlength=ds.n_items + 1)[1:] + 1.0  # add-one smoothing
+        self.pop_q = counts / counts.sum()  # [n_items] popularity distribution over ids 1..n_items
         self.keys = np.unique(users * (ds.n_items + 1) + ds.items)  # sorted (user, item) pairs
 
     def seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -71,3 +73,14 @@ class NegativeSampler:
                 break
             neg[bad] = self.rng.integers(1, self.n_items + 1, size=int(bad.sum()))
         return neg
+
+    def shared(self, m: int, dist: str = "uniform") -> np.ndarray:
+        """M negatives shared by a batch, drawn uniformly or by popularity (may include positives)."""
+        if dist == "pop":
+            return self.rng.choice(self.n_items, size=m, p=self.pop_q) + 1
+        return self.rng.integers(1, self.n_items + 1, size=m)
+
+    def log_q(self, dist: str = "uniform") -> np.ndarray:
+        """log of each id's sampling probability [n_items + 1] (id 0: 0)."""
+        q = self.pop_q if dist == "pop" else np.full(self.n_items, 1.0 / self.n_items)
+        return np.concatenate([[0.0], np.log(q)]).astype(np.float32)

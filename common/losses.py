@@ -1,7 +1,8 @@
 """Training losses as small pure functions, and the registry that names them.
 
-Sampled losses take pos [N] and neg [N, M] logits of N target positions.
-Full losses take logits [N, V] over every id and targets [N].
+Sampled losses take pos [N] and neg [N, M] logits of N target positions; a negative that must not
+count (it equals the target) has logit -inf. Full losses take logits [N, V] over every id (the
+padding column at -inf) and targets [N].
 To add a loss: write the function, then add one `Loss` line to LOSSES.
 """
 from __future__ import annotations
@@ -23,13 +24,27 @@ def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(pos[:, None] - neg).mean()
 
 
+def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over every item."""
+    return F.cross_entropy(logits, target)
+
+
+def sampled_softmax_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of the positive against M sampled negatives."""
+    logits = torch.cat([pos[:, None], neg], dim=1)  # [N, 1 + M]
+    return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
+
+
 @dataclass(frozen=True)
 class Loss:
     fn: Callable
-    kind: str  # "sampled": fn(pos [N], neg [N, M]); "full": fn(logits [N, V], target [N])
+    kind: str  # "full": fn(logits [N, V], target [N]); otherwise fn(pos [N], neg [N, M])
+    negatives: str = "none"  # "per_position": drawn per target, unseen by its user; "shared": per batch
 
 
 LOSSES = {
-    "bce": Loss(bce_loss, "sampled"),
-    "bpr": Loss(bpr_loss, "sampled"),
+    "bce": Loss(bce_loss, "sampled", "per_position"),
+    "bpr": Loss(bpr_loss, "sampled", "per_position"),
+    "ce": Loss(ce_loss, "full"),
+    "sampled": Loss(sampled_softmax_loss, "sampled", "shared"),
 }

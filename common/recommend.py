@@ -69,7 +69,8 @@ class SASRecRecommender:
         self.model.eval()
         seq = pad_rows(self.ds.indptr, self.ds.items, users, self.model.args.max_len, left=True)
         h = self.model(torch.from_numpy(seq).to(self.device))[:, -1]  # [B, H]
-        return self.model.score_all(h)  # [B, V]
+        # float64 product, rounded to float32: the scores no longer depend on the batch size
+        return (h.double() @ self.model.output_embeddings().double().T).float()  # [B, V]
 
 
 def save_checkpoint(path: Path, *, model_type: str, model_args: dict, state_dict: dict, config: dict,

@@ -52,10 +52,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def load_train_module():
     """02_train.py as a module (its name starts with a digit, so no plain import)."""
-    spec = importlib.util.spec_from_file_location("train_02_under_test", ROOT / "02_train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    name = "train_02_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "02_train.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
 
 # ---------------------------------------------------------------- a tiny hand-made dataset
