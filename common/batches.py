@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.data import Dataset
+from common.io import InputError
 
 HISTORY_MODES = ("last", "windows", "crops")
 MAX_RESAMPLE_ROUNDS = 50
@@ -70,9 +71,22 @@ class NegativeSampler:
         for _ in range(MAX_RESAMPLE_ROUNDS):
             bad = self.seen(u, neg)
             if not bad.any():
-                break
+                return neg
             neg[bad] = self.rng.integers(1, self.n_items + 1, size=int(bad.sum()))
-        return neg
+        bad = np.flatnonzero(self.seen(u, neg).ravel())
+        flat_u, flat_neg = u.ravel(), neg.reshape(-1)
+        for user in np.unique(flat_u[bad]):  # users who have seen almost every item: draw exactly
+            unseen = np.setdiff1d(np.arange(1, self.n_items + 1), self.items_of(user))
+            if len(unseen) == 0:
+                raise InputError(f"user (dense id {user}) has seen every item; no negative can be drawn")
+            rows = bad[flat_u[bad] == user]
+            flat_neg[rows] = self.rng.choice(unseen, size=len(rows))
+        return flat_neg.reshape(neg.shape)
+
+    def items_of(self, user: int) -> np.ndarray:
+        base = user * (self.n_items + 1)
+        lo, hi = np.searchsorted(self.keys, [base, base + self.n_items + 1])
+        return self.keys[lo:hi] - base
 
     def shared(self, m: int, dist: str = "uniform") -> np.ndarray:
         """M negatives shared by a batch, drawn uniformly or by popularity (may include positives)."""

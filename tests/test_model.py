@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.losses import LOSSES, bce_loss, bpr_loss  # noqa: E402
+from common.losses import LOSSES, bce_loss, bpr_loss, ce_loss, sampled_softmax_loss  # noqa: E402
 from common.model import PAD, SASRec, SASRecArgs, attention_mask  # noqa: E402
 
 N_ITEMS = 30
@@ -239,6 +239,25 @@ def test_losses_are_stable_for_large_logits():
     # the bad position dominates: -log σ(-80) - log(1 - σ(80)) = 160 (to float precision), mean 80
     assert bce_loss(pos, neg).item() == pytest.approx(80.0, rel=1e-4)
     assert bpr_loss(pos, neg).item() == pytest.approx(80.0, rel=1e-4)  # (0 + 160) / 2
+
+
+def test_ce_loss_by_hand_ignores_padding_column():
+    # logits over ids 0..3, id 0 (padding) at -inf: loss_n = -log( e^{x_t} / Σ_{v>=1} e^{x_v} )
+    logits = torch.tensor([[-math.inf, 1.0, 2.0, 0.5], [-math.inf, -1.0, 0.0, 3.0]], dtype=torch.float64)
+    target = torch.tensor([2, 1])
+    z0 = math.exp(1.0) + math.exp(2.0) + math.exp(0.5)
+    z1 = math.exp(-1.0) + math.exp(0.0) + math.exp(3.0)
+    by_hand = (-math.log(math.exp(2.0) / z0) - math.log(math.exp(-1.0) / z1)) / 2
+    assert ce_loss(logits, target).item() == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_sampled_softmax_by_hand_and_masked_negatives():
+    # loss_n = -log( e^{pos_n} / (e^{pos_n} + Σ_m e^{neg_nm}) ); a -inf negative adds e^{-inf} = 0
+    pos = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    neg = torch.tensor([[0.0, -math.inf, 2.0], [0.5, 0.5, -1.0]], dtype=torch.float64)
+    t0 = -math.log(math.exp(1.0) / (math.exp(1.0) + math.exp(0.0) + math.exp(2.0)))
+    t1 = -math.log(math.exp(-0.5) / (math.exp(-0.5) + 2 * math.exp(0.5) + math.exp(-1.0)))
+    assert sampled_softmax_loss(pos, neg).item() == pytest.approx((t0 + t1) / 2, rel=1e-12)
 
 
 def test_loss_registry_points_at_functions():
