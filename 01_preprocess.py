@@ -45,7 +45,8 @@ def main():
         print(f"note: {s.single_interaction_users:,} users have a single interaction (kept, no training pair)")
     for kind, n in s.side_rows_dropped.items():
         if n:
-            print(f"note: {kind}: {n:,} rows for items without interactions were ignored")
+            what = "rows ignored" if "(" in kind else "rows for items without interactions were ignored"
+            print(f"note: {kind}: {n:,} {what}")
     held = f"{s.n_holdout:,} held-out rows for {s.n_holdout_users:,} users" if cfg.holdout else "no hold-out"
     print(f"train {s.n_train:,} rows, {held}")
     print(f"wrote {out}/ (meta.json, maps.npz, sequences.npz, holdout.npz, answers.csv, attributes.*) "

@@ -91,6 +91,7 @@ def build_attributes(raw: RawData, item_raw: np.ndarray):
         if kind == "years":
             year = pd.to_numeric(df["value"], errors="coerce")
             ok = year.notna().to_numpy()
+            dropped["years (not a number)"] = int((~ok).sum())
             df, year = df[ok], year[ok]
             values = [f"{int(y) // DECADE * DECADE}s" for y in year]
         dense = np.searchsorted(item_raw[1:], df["item"].to_numpy()) + 1

@@ -116,15 +116,15 @@ def read_competition(folder: Path) -> RawData:
     return raw
 
 
-def _movielens_side(item_ids, titles, genres, path: Path, genre_sep: str = "|") -> dict:
+def _movielens_side(item_ids, titles, genres, path: Path, first_row: int, genre_sep: str = "|") -> dict:
     titles = pd.Series(titles).astype(str)
     years = titles.str.extract(YEAR_IN_TITLE, expand=False)
-    side = {"titles": _side_frame(item_ids, titles.to_numpy(), path),
-            "years": _side_frame(item_ids, years.to_numpy(), path)}
+    side = {"titles": _side_frame(item_ids, titles.to_numpy(), path, first_row),
+            "years": _side_frame(item_ids, years.to_numpy(), path, first_row)}
     g = pd.DataFrame({"item": np.asarray(item_ids), "value": pd.Series(genres).astype(str).str.split(genre_sep)})
     g = g.explode("value")
     g = g[g["value"] != "(no genres listed)"]
-    side["genres"] = _side_frame(g["item"].to_numpy(), g["value"].to_numpy(), path)
+    side["genres"] = _side_frame(g["item"].to_numpy(), g["value"].to_numpy(), path, first_row)
     return side
 
 
@@ -135,7 +135,7 @@ def read_ml_csv(folder: Path) -> RawData:
     if movies_path.exists():
         m = _read_csv(movies_path, dtype=str, keep_default_na=False)
         _require_columns(m, ("movieId", "title", "genres"), movies_path)
-        raw.side = _movielens_side(m["movieId"], m["title"], m["genres"], movies_path)
+        raw.side = _movielens_side(m["movieId"], m["title"], m["genres"], movies_path, first_row=2)
     return raw
 
 
@@ -148,7 +148,7 @@ def read_ml_dat(folder: Path) -> RawData:
     if movies_path.exists():
         m = _read_csv(movies_path, sep="::", engine="python", header=None, dtype=str,
                       names=["item", "title", "genres"], encoding="latin-1")
-        raw.side = _movielens_side(m["item"], m["title"], m["genres"], movies_path)
+        raw.side = _movielens_side(m["item"], m["title"], m["genres"], movies_path, first_row=1)
     return raw
 
 
@@ -162,7 +162,7 @@ def read_ml_100k(folder: Path) -> RawData:
         m = _read_csv(items_path, sep="|", header=None, names=cols, dtype=str, encoding="latin-1")
         flags = m[list(ML100K_GENRES)].to_numpy() == "1"
         genres = ["|".join(g for g, f in zip(ML100K_GENRES, row) if f) for row in flags]
-        raw.side = _movielens_side(m["item"], m["title"], genres, items_path)
+        raw.side = _movielens_side(m["item"], m["title"], genres, items_path, first_row=1)
     return raw
 
 
@@ -194,6 +194,8 @@ def read_s3rec(path: Path) -> RawData:
             table = json.loads(attr_path.read_text())
         except json.JSONDecodeError as e:
             raise InputError(f"{attr_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
+            raise InputError(f"{attr_path}: expected an object {{item_id: [attribute_id, ...]}}")
         pairs = [(k, str(a)) for k, attrs in table.items() for a in attrs]
         keys, values = zip(*pairs) if pairs else ((), ())
         raw.side["attributes"] = _side_frame(list(keys), list(values), attr_path, first_row=1)
