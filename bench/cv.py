@@ -1,0 +1,91 @@
+"""Score recipes over several hold-out seeds: mean ± std of Recall@10 and NDCG@10 per model and blend.
+
+    .venv/bin/python bench/cv.py --dataset ml --seeds 0 1 2
+    .venv/bin/python bench/cv.py --dataset beauty --seeds 0 --recipes pop ease sasrec-ce
+
+One split of ml-latest-small has 610 users, so a single hold-out is noisy: compare recipes by the
+mean over splits. Each split is preprocessed with --seed S; every recipe trains and infers on it;
+blends combine the candidate files of their recipes with 04_ensemble.py at fixed weights.
+Prints a Markdown table and appends JSON lines to bench/results/cv.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import PY, ROOT, last_json, measure, report  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+DATASETS = {
+    "ml": (SHARED / "ml-latest-small", ["--holdout-last", "5", "--holdout-random", "5"]),
+    "beauty": (SHARED / "s3rec" / "Beauty.txt", ["--holdout-last", "1", "--holdout-random", "0"]),
+}
+RECIPES = {
+    "pop": ["--model", "pop"],
+    "ease": ["--model", "ease", "--l2", "500"],
+    "sasrec-bce": ["--loss", "bce", "--history", "windows"],
+    "sasrec-bpr": ["--loss", "bpr", "--history", "windows"],
+    "sasrec-ce": ["--loss", "ce", "--history", "windows"],
+}
+BLENDS = {  # name: (recipes, weights, 04_ensemble arguments)
+    "ease+sasrec-ce": (["ease", "sasrec-ce"], [1.0, 1.0], ["--method", "score", "--norm", "zscore"]),
+}
+
+
+def run_split(dataset: str, seed: int, recipes: list[str], blends: list[str], extra: list[str]) -> list[dict]:
+    src, holdout = DATASETS[dataset]
+    data = f"data/cv-{dataset}-h{seed}"
+    measure([PY, "01_preprocess.py", "--input", str(src), "--out", data, "--name", Path(data).name,
+             "--seed", str(seed), *holdout])
+    rows, subs = [], {}
+    for name in recipes:
+        m = measure([PY, "02_train.py", "--data", data, "--run-name", name, "--no-progress",
+                     *RECIPES[name], *extra])
+        epochs = [json.loads(x) for x in (ROOT / data / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        inf = measure([PY, "03_inference.py", f"{data}/runs/{name}/checkpoint.pt",
+                       "--out-dir", f"{data}/submissions"])
+        subs[name] = f"{data}/submissions/{name}.top100.csv"
+        rows.append({"dataset": dataset, "split": seed, "recipe": name, **last_json(inf["stdout"]),
+                     "train_seconds": m["seconds"], "epochs": len(epochs)})
+    for name in blends:
+        parts, weights, args = BLENDS[name]
+        if not all(p in subs for p in parts):
+            continue
+        m = measure([PY, "04_ensemble.py", *[subs[p] for p in parts], "--weights", *map(str, weights),
+                     "--data", data, "--out", f"{data}/submissions/{name}.csv", *args])
+        rows.append({"dataset": dataset, "split": seed, "recipe": name, **last_json(m["stdout"])})
+    for r in rows:
+        report("cv", r)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    names = list(dict.fromkeys(r["recipe"] for r in rows))
+    out = ["| recipe | Recall@10 | NDCG@10 | splits |", "| --- | --- | --- | --- |"]
+    for n in names:
+        rec = np.array([r["recall@10"] for r in rows if r["recipe"] == n])
+        nd = np.array([r["ndcg@10"] for r in rows if r["recipe"] == n])
+        out.append(f"| {n} | {rec.mean():.4f} ± {rec.std():.4f} | {nd.mean():.4f} ± {nd.std():.4f} | {len(rec)} |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=tuple(DATASETS), default="ml")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=tuple(RECIPES))
+    ap.add_argument("--blends", nargs="*", default=list(BLENDS), choices=tuple(BLENDS))
+    args, extra = ap.parse_known_args()
+    rows = []
+    for seed in args.seeds:
+        rows += run_split(args.dataset, seed, args.recipes, args.blends, [a for a in extra if a != "--"])
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
