@@ -59,6 +59,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     seed: int = 42
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0: one per core)"})
     run_name: str = field(default="", metadata={"help": "default: <dataset>-<model>[-<loss>][-<history>]-s<seed>"})
     resume: bool = field(default=False, metadata={"help": "continue the run from its last.pt"})
     progress: bool = field(default=True, metadata={"help": "show tqdm bars"})
@@ -221,7 +222,7 @@ def main():
     ds = Dataset(Path(cfg.data))
     if cfg.model == "sasrec" and cfg.k > ds.n_items:
         raise InputError(f"--k {cfg.k} exceeds the {ds.n_items} items of {ds.root}")
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.threads)
     name = run_name(cfg, ds)
     out = ds.root / "runs" / name
     out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ class InferenceConfig:
     out_dir: str = "submissions"
     batch_size: int = field(default=1024, metadata={"help": "users scored at once"})
     device: str = "auto"
+    threads: int = field(default=0, metadata={"help": "CPU threads (0: one per core)"})
     seed: int = 0
 
 
@@ -46,7 +47,7 @@ def main():
     if n > ds.n_items:
         raise InputError(f"--k/--candidates {n} exceeds the {ds.n_items} items of {ds.root}")
     run = ckpt_path.parent.name
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.threads)
     rec = build_recommender(ckpt, ds, device)
 
     t0 = time.time()
@@ -54,6 +55,10 @@ def main():
     ids, scores = top_k(rec, ds, users, n, cfg.batch_size, progress=True)
     seconds = time.time() - t0
 
+    short = ~np.isfinite(scores[:, :cfg.k]).all(axis=1)
+    if short.any():
+        u = int(np.flatnonzero(short)[0])
+        raise InputError(f"{ds.root}: user {ds.user_raw[u]} has fewer than {cfg.k} unseen items; lower --k")
     out = Path(cfg.out_dir)
     sub_path = out / f"{run}.csv"
     write_ranked(sub_path, ds.user_raw, ds.item_raw[ids[:, :cfg.k]])

@@ -19,14 +19,18 @@ CANDIDATE_COLUMNS = ["user", "item", "score", "rank"]
 
 
 def write_ranked(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, scores: np.ndarray | None = None) -> None:
-    """Write [U, K] ranked raw items for raw users; with scores, the candidates layout."""
+    """Write [U, K] ranked raw items for raw users; with scores, the candidates layout
+    (pairs scored -inf, i.e. seen or padding, are left out)."""
     U, K = item_raw.shape
     cols = {"user": np.repeat(user_raw, K), "item": item_raw.ravel()}
     if scores is not None:
         cols["score"] = scores.ravel()
         cols["rank"] = np.tile(np.arange(1, K + 1), U)
+    df = pd.DataFrame(cols)
+    if scores is not None:  # a user with fewer unseen items than K gets a shorter list
+        df = df[np.isfinite(df["score"].to_numpy())]
     with atomic_path(path) as tmp:
-        pd.DataFrame(cols).to_csv(tmp, index=False, float_format="%.6g")
+        df.to_csv(tmp, index=False, float_format="%.6g")
 
 
 def read_ranked(path: Path, with_scores: bool = False) -> pd.DataFrame:

@@ -17,11 +17,11 @@ def set_seed(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def pick_device(name: str = "auto"):
-    """`auto`: CUDA when available, else CPU with one thread per core."""
+def pick_device(name: str = "auto", threads: int = 0):
+    """`auto`: CUDA when available, else CPU with `threads` threads (0: one per core)."""
     import torch
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads or os.cpu_count() or 1)
     return torch.device(name)

@@ -1,0 +1,476 @@
+"""Models and training options beyond the baseline: EASE against exact arithmetic, the full and sampled
+softmax losses (padding, collisions, logQ), shared negative sampling, and every new 02_train.py flag
+run end to end through the scripts.
+
+Reference values are computed independently (fractions, plain `math`), never by the code under test.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT, describe, run_script, run_scripts
+
+from common.batches import NegativeSampler
+from common.data import Dataset, build_dataset
+from common.losses import ce_loss, sampled_softmax_loss
+from common.model import SASRec, SASRecArgs
+from common.readers import RawData
+from common.recommend import EASERecommender, top_k
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def load_train_module():
+    """02_train.py as a module (its name starts with a digit, so no plain import)."""
+    name = "train_02_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "02_train.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def raw_from_sets(user_items: dict[int, list[int]]) -> RawData:
+    """RawData from {raw user: [raw items in time order]}."""
+    users, items, times = [], [], []
+    t = 0
+    for u, its in user_items.items():
+        for i in its:
+            users.append(u)
+            items.append(i)
+            times.append(float(t))
+            t += 1
+    return RawData(users=np.asarray(users, np.int64), items=np.asarray(items, np.int64),
+                   times=np.asarray(times, np.float64), source="test")
+
+
+# ---------------------------------------------------------------- EASE, exactly
+
+# 7 users x 5 items; raw item 10*j has dense id j (ids are assigned in sorted raw order)
+EASE_SETS = {1: [1, 2], 2: [2, 3], 3: [1, 2, 3], 4: [4, 5], 5: [1, 4], 6: [3, 5], 7: [2]}
+EASE_N = 5
+EASE_L2 = Fraction(2)
+
+
+def frac_inverse(m: list[list[Fraction]]) -> list[list[Fraction]]:
+    """Gauss-Jordan inverse in exact rational arithmetic."""
+    n = len(m)
+    a = [row[:] + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(m)]
+    for c in range(n):
+        p = next(r for r in range(c, n) if a[r][c] != 0)
+        a[c], a[p] = a[p], a[c]
+        piv = a[c][c]
+        a[c] = [x / piv for x in a[c]]
+        for r in range(n):
+            if r != c and a[r][c] != 0:
+                f = a[r][c]
+                a[r] = [x - f * y for x, y in zip(a[r], a[c])]
+    return [row[n:] for row in a]
+
+
+def ease_reference():
+    """(X [U][n] 0/1, B [n][n] as Fractions) for EASE_SETS, EASE_L2, by exact arithmetic."""
+    X = [[Fraction(int(j + 1 in its)) for j in range(EASE_N)] for its in EASE_SETS.values()]
+    G = [[sum(X[u][i] * X[u][j] for u in range(len(X))) + (EASE_L2 if i == j else 0)
+          for j in range(EASE_N)] for i in range(EASE_N)]
+    P = frac_inverse(G)
+    for i in range(EASE_N):  # the inverse really is one
+        for j in range(EASE_N):
+            assert sum(G[i][k] * P[k][j] for k in range(EASE_N)) == int(i == j)
+    B = [[Fraction(0) if i == j else -P[i][j] / P[j][j] for j in range(EASE_N)] for i in range(EASE_N)]
+    return X, B
+
+
+@pytest.fixture(scope="module")
+def ease_ds(tmp_path_factory) -> Dataset:
+    out = tmp_path_factory.mktemp("ease") / "ds"
+    build_dataset(raw_from_sets({u: [10 * i for i in its] for u, its in EASE_SETS.items()}), out,
+                  holdout=False, name="ease")
+    ds = Dataset(out)
+    assert ds.n_items == EASE_N and ds.n_users == len(EASE_SETS)
+    assert ds.item_raw.tolist() == [-1, 10, 20, 30, 40, 50]
+    assert ds.user_raw.tolist() == sorted(EASE_SETS)
+    return ds
+
+
+def test_ease_matches_exact_solution(ease_ds):
+    X, B_ref = ease_reference()
+    B = EASERecommender.fit(ease_ds, float(EASE_L2))["B"]
+    assert B.shape == (EASE_N + 1, EASE_N + 1)
+    assert torch.all(B[0] == 0) and torch.all(B[:, 0] == 0), "row and column 0 (padding) must be zero"
+    want = torch.tensor([[float(x) for x in row] for row in B_ref])
+    assert torch.all(torch.diagonal(B) == 0), "diag(B) must be exactly zero"
+    assert torch.allclose(B[1:, 1:].double(), want.double(), atol=1e-5), f"\n{B[1:, 1:]}\nvs exact\n{want}"
+    # the sanity of the reference itself: B is not symmetric in general, and not trivially zero
+    assert want.abs().max() > 0.05
+
+
+def test_ease_scores_and_top_k(ease_ds):
+    X, B_ref = ease_reference()
+    rec = EASERecommender(EASERecommender.fit(ease_ds, float(EASE_L2))["B"], ease_ds)
+    users = np.array([0, 2, 3, 6])
+    got = rec.score(users)
+    assert got.shape == (len(users), EASE_N + 1)
+    assert torch.all(got[:, 0] == 0), "padding column of the scores"
+    for r, u in enumerate(users):
+        want = [float(sum(X[u][k] * B_ref[k][j] for k in range(EASE_N))) for j in range(EASE_N)]
+        assert got[r, 1:].tolist() == pytest.approx(want, abs=1e-5), f"user {u}"
+
+    all_users = np.arange(ease_ds.n_users)
+    k = 2  # every user has at least 2 unseen items
+    ids, scores = top_k(rec, ease_ds, all_users, k, batch_size=3)  # several batches
+    assert ids.shape == scores.shape == (len(all_users), k)
+    for u in all_users:
+        seen = set(EASE_SETS[int(ease_ds.user_raw[u])])
+        row = ids[u].tolist()
+        assert 0 not in row, f"user {u}: padding recommended"
+        assert not (set(row) & seen), f"user {u}: seen items {set(row) & seen} recommended"
+        assert len(set(row)) == k
+        exact = {j + 1: float(sum(X[u][m] * B_ref[m][j] for m in range(EASE_N))) for j in range(EASE_N)}
+        assert scores[u].tolist() == pytest.approx([exact[i] for i in row], abs=1e-5)
+        assert list(scores[u]) == sorted(scores[u], reverse=True), "rank order"
+        others = [exact[i] for i in exact if i not in seen and i not in row]
+        if others:
+            assert min(exact[i] for i in row) >= max(others) - 1e-5, f"user {u}: not the best unseen items"
+
+
+class _RiggedScores:
+    """Scores that put padding first and the user's own items next: top_k must skip all of them."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        sc = -torch.arange(self.ds.n_items + 1, dtype=torch.float32).repeat(len(users), 1)  # [B, V]
+        for r, u in enumerate(users):
+            sc[r, torch.from_numpy(self.ds.sequence(int(u)))] = 100.0
+        sc[:, 0] = 1000.0
+        return sc
+
+
+def test_top_k_masks_padding_and_seen_even_when_they_score_highest(ease_ds):
+    users = np.arange(ease_ds.n_users)
+    ids, scores = top_k(_RiggedScores(ease_ds), ease_ds, users, 2, batch_size=2)
+    for u in users:
+        seen = set(ease_ds.sequence(int(u)).tolist())
+        unseen = [i for i in range(1, EASE_N + 1) if i not in seen]
+        assert ids[u].tolist() == unseen[:2], f"user {u}: {ids[u].tolist()} (seen {sorted(seen)})"
+        assert scores[u].tolist() == [-float(i) for i in unseen[:2]]
+
+
+# ---------------------------------------------------------------- full softmax (ce)
+
+def tiny_model(n_items: int = 20, **kw) -> SASRec:
+    torch.manual_seed(0)
+    a = dict(n_items=n_items, hidden=16, layers=1, heads=2, dropout_attn=0.0, dropout_hidden=0.0, max_len=6,
+             init_std=0.3)
+    a.update(kw)
+    return SASRec(SASRecArgs(**a)).eval()
+
+
+def tiny_batch(n_items: int = 20, L: int = 6, seed: int = 0) -> dict:
+    """3 left-padded windows, targets = inputs shifted by one."""
+    rng = np.random.default_rng(seed)
+    inp = np.zeros((3, L), np.int64)
+    tgt = np.zeros((3, L), np.int64)
+    for b, n in enumerate([7, 4, 2]):
+        seq = rng.choice(np.arange(1, n_items + 1), n, replace=False)
+        m = min(n - 1, L)
+        inp[b, L - m:], tgt[b, L - m:] = seq[-m - 1:-1], seq[-m:]
+    return {"input": torch.from_numpy(inp), "target": torch.from_numpy(tgt)}
+
+
+def manual_ce(rows: list[list[float]], targets: list[int]) -> float:
+    """Mean of -log softmax(row)[t] by plain math (log-sum-exp), -inf entries contributing nothing."""
+    terms = []
+    for row, t in zip(rows, targets):
+        mx = max(x for x in row if x != -math.inf)
+        lse = mx + math.log(sum(math.exp(x - mx) for x in row if x != -math.inf))
+        terms.append(lse - row[t])
+    return sum(terms) / len(terms)
+
+
+def test_ce_loss_matches_cross_entropy_and_manual_log_softmax():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 7, generator=g, dtype=torch.float64) * 3
+    logits[:, 0] = -math.inf  # the padding column, as train_loss passes it
+    target = torch.tensor([1, 6, 3, 3, 2])
+    got = ce_loss(logits, target)
+    assert torch.isfinite(got)
+    assert got.item() == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-12)
+    assert got.item() == pytest.approx(manual_ce(logits.tolist(), target.tolist()), rel=1e-12)
+
+
+def test_train_loss_ce_gives_padding_no_probability():
+    train = load_train_module()
+    model = tiny_model(tied=False)
+    with torch.no_grad():  # a padding output row that would take much of the mass if it were scored
+        model.out_emb.weight[0] = 5 * torch.randn(model.args.hidden, generator=torch.Generator().manual_seed(1))
+    batch = tiny_batch()
+    got = train.train_loss(model, batch, "ce")
+    with torch.no_grad():
+        h = model(batch["input"])
+        mask = batch["target"] != 0
+        logits = (h[mask] @ model.output_embeddings().T).double()  # [N, V]
+        targets = batch["target"][mask].tolist()
+        over_real = manual_ce([r[1:] for r in logits.tolist()], [t - 1 for t in targets])
+        with_padding = manual_ce(logits.tolist(), targets)
+    assert abs(with_padding - over_real) > 1e-2, "the test must tell the two apart"
+    assert got.item() == pytest.approx(over_real, rel=1e-4), f"got {got.item()}, with padding {with_padding}"
+    got.backward()
+    grad0 = model.out_emb.weight.grad[0]
+    assert torch.all(grad0 == 0), "the padding output row receives gradient: id 0 is scored"
+
+
+# ---------------------------------------------------------------- sampled softmax (shared negatives)
+
+def sampled_reference(pos: list[float], neg: list[list[float]], targets: list[int], shared: list[int],
+                      exclude: bool, logq: list[float] | None = None) -> float:
+    terms = []
+    for p, row, t in zip(pos, neg, targets):
+        if logq is not None:
+            p = p - logq[t]
+        ns = [(x - logq[s] if logq is not None else x) for x, s in zip(row, shared) if not (exclude and s == t)]
+        mx = max([p] + ns)
+        lse = mx + math.log(sum(math.exp(x - mx) for x in [p] + ns))
+        terms.append(lse - p)
+    return sum(terms) / len(terms)
+
+
+def shared_batch():
+    batch = tiny_batch()
+    targets = batch["target"][batch["target"] != 0].tolist()
+    # two targets of the batch (one twice), plus ids that are nobody's target
+    non_targets = [i for i in range(1, 21) if i not in targets][:3]
+    shared = [targets[0], non_targets[0], targets[3], non_targets[1], targets[0], non_targets[2]]
+    batch["shared"] = torch.tensor(shared)
+    return batch, targets, shared
+
+
+def raw_logits(model, batch):
+    with torch.no_grad():
+        h = model(batch["input"])[batch["target"] != 0]
+        E = model.output_embeddings()
+        targets = batch["target"][batch["target"] != 0]
+        pos = [float(h[n] @ E[t]) for n, t in enumerate(targets.tolist())]
+        neg = [[float(h[n] @ E[s]) for s in batch["shared"].tolist()] for n in range(len(targets))]
+    return pos, neg
+
+
+def test_sampled_softmax_excludes_colliding_negatives():
+    train = load_train_module()
+    model = tiny_model()
+    batch, targets, shared = shared_batch()
+    assert sum(t in shared for t in targets) >= 2
+    got = train.train_loss(model, batch, "sampled")
+    pos, neg = raw_logits(model, batch)
+    want = sampled_reference(pos, neg, targets, shared, exclude=True)
+    naive = sampled_reference(pos, neg, targets, shared, exclude=False)
+    assert abs(want - naive) > 1e-3, "the test must tell the two apart"
+    assert got.item() == pytest.approx(want, rel=1e-5), f"got {got.item()}, naive {naive}"
+    model.zero_grad()
+    got.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_sampled_softmax_with_logq_correction():
+    train = load_train_module()
+    model = tiny_model()
+    batch, targets, shared = shared_batch()
+    q = np.arange(1, 21, dtype=np.float64) ** 2  # strongly non-uniform (uniform q would cancel out)
+    q = q / q.sum()
+    logq = [0.0] + np.log(q).tolist()
+    batch["log_q"] = torch.tensor(logq, dtype=torch.float32)
+    got = train.train_loss(model, batch, "sampled")
+    pos, neg = raw_logits(model, batch)
+    want = sampled_reference(pos, neg, targets, shared, exclude=True, logq=logq)
+    plain = sampled_reference(pos, neg, targets, shared, exclude=True)
+    assert abs(want - plain) > 1e-3
+    assert got.item() == pytest.approx(want, rel=1e-5), f"got {got.item()}, without logQ {plain}"
+    got.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_sampled_softmax_loss_every_negative_masked_is_zero():
+    """A position whose only negatives all equal its target: the positive alone, loss 0, no NaN."""
+    pos = torch.tensor([0.3, -1.2], requires_grad=True)
+    neg = torch.tensor([[-math.inf, -math.inf], [0.5, -math.inf]])
+    got = sampled_softmax_loss(pos, neg)
+    want = (0.0 + (math.log(math.exp(-1.2) + math.exp(0.5)) + 1.2)) / 2
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    got.backward()
+    assert torch.isfinite(pos.grad).all()
+
+
+# ---------------------------------------------------------------- shared negatives and log q
+
+@pytest.fixture(scope="module")
+def skewed_ds(tmp_path_factory) -> Dataset:
+    """12 items; item raw 100 + j is watched by about 40 / (j + 1) of 40 users (item 100 by all)."""
+    rng = np.random.default_rng(0)
+    sets = {}
+    for u in range(40):
+        its = [100 + j for j in range(12) if rng.random() < 1.0 / (j + 1)]
+        sets[u] = its or [100]
+    out = tmp_path_factory.mktemp("skewed") / "ds"
+    build_dataset(raw_from_sets(sets), out, holdout=False, name="skewed")
+    return Dataset(out)
+
+
+@pytest.mark.parametrize("dist", ["uniform", "pop"])
+def test_shared_negatives_are_real_item_ids(skewed_ds, dist):
+    sampler = NegativeSampler(skewed_ds, np.random.default_rng(0))
+    for m in (1, 7, 500):
+        neg = np.asarray(sampler.shared(m, dist))
+        assert neg.shape == (m,)
+        assert np.issubdtype(neg.dtype, np.integer)
+        assert neg.min() >= 1 and neg.max() <= skewed_ds.n_items
+    draws = np.asarray(sampler.shared(20_000, dist))
+    assert set(draws.tolist()) == set(range(1, skewed_ds.n_items + 1)), "every real item can be drawn"
+
+
+def test_pop_negatives_follow_popularity_and_log_q(skewed_ds):
+    ds = skewed_ds
+    counts = np.bincount(ds.items, minlength=ds.n_items + 1)[1:]  # interactions of ids 1..n
+    sampler = NegativeSampler(ds, np.random.default_rng(3))
+    n_draws = 200_000
+    freq = np.bincount(sampler.shared(n_draws, "pop"), minlength=ds.n_items + 1)
+    assert freq[0] == 0
+    top, bottom = int(np.argmax(counts)) + 1, int(np.argmin(counts)) + 1
+    assert counts[top - 1] > 2 * counts[bottom - 1]
+    assert freq[top] > freq[bottom], "the most popular item must be drawn more than the least popular"
+
+    for dist in ("uniform", "pop"):
+        lq = np.asarray(sampler.log_q(dist), dtype=np.float64)
+        assert lq.shape == (ds.n_items + 1,)
+        assert lq[0] == 0.0
+        assert np.all(np.isfinite(lq))
+        assert np.exp(lq[1:]).sum() == pytest.approx(1.0, abs=1e-5), f"{dist}: q must sum to 1 over 1..n"
+    assert np.allclose(np.exp(sampler.log_q("uniform")[1:]), 1.0 / ds.n_items, rtol=1e-5)
+    # the pop log q is the distribution that shared(..., "pop") samples from
+    q = np.exp(np.asarray(sampler.log_q("pop"), dtype=np.float64)[1:])
+    emp = freq[1:] / n_draws
+    assert np.allclose(emp, q, atol=4 * np.sqrt(q * (1 - q) / n_draws) + 1e-4), f"\n{emp}\nvs q\n{q}"
+    # and q increases with popularity
+    assert q[top - 1] > q[bottom - 1]
+    for a in range(ds.n_items):
+        for b in range(ds.n_items):
+            if counts[a] > counts[b]:
+                assert q[a] > q[b]
+
+
+def test_make_batch_shared_and_logq(skewed_ds):
+    train = load_train_module()
+    ds = skewed_ds
+    cfg = train.TrainConfig(loss="sampled", negatives=9, sampled_dist="pop", logq=True, max_len=5)
+    sampler = NegativeSampler(ds, np.random.default_rng(0))
+    ends = np.asarray(ds.indptr[1:])[np.diff(ds.indptr) >= 2]
+    batch = train.make_batch(ds, ends, sampler, cfg, torch.device("cpu"))
+    assert batch["shared"].shape == (9,)
+    assert int(batch["shared"].min()) >= 1 and int(batch["shared"].max()) <= ds.n_items
+    assert batch["log_q"].shape == (ds.n_items + 1,)
+    assert torch.allclose(batch["log_q"].double(), torch.from_numpy(np.asarray(sampler.log_q("pop"), np.float64)))
+    assert "negatives" not in batch
+    cfg2 = train.TrainConfig(loss="sampled", negatives=9, logq=False, max_len=5)
+    assert "log_q" not in train.make_batch(ds, ends, sampler, cfg2, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------- every flag end to end
+
+DEMO_USERS = 200
+FLAG_RUNS = {
+    "ease": ["--model", "ease", "--l2", "100"],
+    "ce": ["--loss", "ce"],
+    "sampled": ["--loss", "sampled", "--negatives", "32"],
+    "sampled-pop-logq": ["--loss", "sampled", "--negatives", "32", "--sampled-dist", "pop", "--logq"],
+    "crops": ["--history", "crops"],
+    "windows": ["--history", "windows"],
+    "preln-finalln-untied": ["--pre-ln", "--final-ln", "--no-tied"],
+    "bpr4": ["--negatives", "4", "--loss", "bpr"],
+}
+INFERENCE_RUNS = ("ease", "preln-finalln-untied")
+
+
+@pytest.fixture(scope="module")
+def flag_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flags")
+    p = run_script("00_make_demo.py", "--out", tmp / "raw", "--seed", "1")
+    assert p.returncode == 0, describe(p)
+    ratings_path = tmp / "raw" / "train_ratings.csv"
+    ratings = pd.read_csv(ratings_path)
+    keep = np.sort(ratings["user"].unique())[:DEMO_USERS]
+    ratings[ratings["user"].isin(keep)].to_csv(ratings_path, index=False)
+    p = run_script("01_preprocess.py", "--input", tmp / "raw", "--out", tmp / "ds")
+    assert p.returncode == 0, describe(p)
+    ds = tmp / "ds"
+    base = ["--data", ds, "--epochs", "1", "--hidden", "16", "--no-progress"]
+    names = list(FLAG_RUNS)
+    procs = run_scripts(*[["02_train.py", *base, "--run-name", n, *FLAG_RUNS[n]] for n in names])
+    train_procs = dict(zip(names, procs))
+    subs = tmp / "subs"
+    ok = [n for n in INFERENCE_RUNS if train_procs[n].returncode == 0]
+    inf = run_scripts(*[["03_inference.py", ds / "runs" / n / "checkpoint.pt", "--out-dir", subs] for n in ok])
+    return {"ds": ds, "train": train_procs, "inference": dict(zip(ok, inf)), "subs": subs}
+
+
+@pytest.mark.parametrize("name", list(FLAG_RUNS))
+def test_flag_trains_end_to_end(flag_runs, name):
+    p = flag_runs["train"][name]
+    assert p.returncode == 0, describe(p)
+    assert "Traceback" not in p.stderr
+    run_dir = flag_runs["ds"] / "runs" / name
+    assert (run_dir / "checkpoint.pt").is_file()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert len(records) == 1 and records[0]["epoch"] == 0
+    rec = records[0]
+    if name == "ease":
+        assert "recall@10" in rec and math.isfinite(rec["recall@10"]) and 0 <= rec["recall@10"] <= 1
+    else:
+        assert math.isfinite(rec["loss"]) and rec["loss"] > 0
+        assert math.isfinite(rec["recall@10"])
+    cfg = json.loads((run_dir / "config.json").read_text())
+    flags = FLAG_RUNS[name]
+    for flag, value in zip(flags, flags[1:] + [None]):  # each flag landed in the saved config
+        if not flag.startswith("--"):
+            continue
+        key = flag[2:].replace("-", "_")
+        if key.startswith("no_"):
+            assert cfg[key[3:]] is False, (key, cfg)
+        elif value is None or value.startswith("--"):
+            assert cfg[key] is True, (key, cfg)
+        else:
+            assert str(cfg[key]) == value or cfg[key] == pytest.approx(float(value)), (key, cfg[key], value)
+
+
+@pytest.mark.parametrize("name", INFERENCE_RUNS)
+def test_inference_from_new_models(flag_runs, name):
+    assert name in flag_runs["inference"], f"training of {name} failed"
+    p = flag_runs["inference"][name]
+    assert p.returncode == 0, describe(p)
+    sub = pd.read_csv(flag_runs["subs"] / f"{name}.csv")
+    assert list(sub.columns) == ["user", "item"]
+    ds = Dataset(flag_runs["ds"])
+    assert sorted(sub["user"].unique()) == sorted(ds.user_raw.tolist())
+    assert (sub.groupby("user").size() == 10).all()
+    assert (sub.groupby("user")["item"].nunique() == 10).all()
+    assert sub["item"].isin(ds.item_raw[1:]).all(), "unknown (or padding) items in the submission"
+    seen = {int(ds.user_raw[u]): set(ds.item_raw[ds.sequence(u)].tolist()) for u in range(ds.n_users)}
+    overlap = [(u, i) for u, i in zip(sub["user"], sub["item"]) if i in seen[u]]
+    assert not overlap, f"{len(overlap)} seen items recommended, e.g. {overlap[:3]}"
