@@ -30,17 +30,19 @@ class SASRecArgs:
     tied: bool = True  # score with the input item embeddings; False adds a separate output table
 
 
-def attention_mask(seq: torch.Tensor) -> torch.Tensor:
+def attention_mask(seq: torch.Tensor, causal: bool = True) -> torch.Tensor:
     """Padding-and-causal mask [B, 1, L, L], True where query i may attend to key j.
 
-    Key j is allowed when j <= i and item j is not padding. Each position may always attend to
-    itself, so a fully padded row yields finite values instead of NaN.
+    Key j is allowed when item j is not padding and, if `causal`, j <= i. Each position may
+    always attend to itself, so a fully padded row yields finite values instead of NaN.
     """
     L = seq.size(1)
-    causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()  # [L, L]
+    order = torch.ones(L, L, dtype=torch.bool, device=seq.device)  # [L, L]
+    if causal:
+        order = order.tril()
     keys = (seq != PAD)[:, None, None, :]  # [B, 1, 1, L]
     diag = torch.eye(L, dtype=torch.bool, device=seq.device)  # [L, L]
-    return (causal & keys) | diag  # [B, 1, L, L]
+    return (order & keys) | diag  # [B, 1, L, L]
 
 
 class SelfAttention(nn.Module):
@@ -99,14 +101,16 @@ class SASRec(nn.Module):
         if isinstance(m, nn.Embedding) and m.padding_idx is not None:
             nn.init.zeros_(m.weight[m.padding_idx])
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq [B, L] item ids, left-padded with 0, L <= max_len -> hidden states [B, L, H]."""
+    def forward(self, seq: torch.Tensor, causal: bool = True) -> torch.Tensor:
+        """seq [B, L] item ids, left-padded with 0, L <= max_len -> hidden states [B, L, H].
+
+        `causal=False` lets every position see the whole sequence (pretraining objectives)."""
         B, L = seq.shape
         assert L <= self.args.max_len, f"sequence length {L} exceeds max_len {self.args.max_len}"
         pos = torch.arange(L - 1, -1, -1, device=seq.device)  # [L], last position is 0
         x = self.item_emb(seq) + self.pos_emb(pos)  # [B, L, H]
         x = self.drop(self.ln_in(x))
-        mask = attention_mask(seq)  # [B, 1, L, L]
+        mask = attention_mask(seq, causal)  # [B, 1, L, L]
         for block in self.blocks:
             x = block(x, mask)  # [B, L, H]
         return self.ln_out(x)  # [B, L, H]
