@@ -101,19 +101,26 @@ class SASRec(nn.Module):
         if isinstance(m, nn.Embedding) and m.padding_idx is not None:
             nn.init.zeros_(m.weight[m.padding_idx])
 
-    def forward(self, seq: torch.Tensor, causal: bool = True) -> torch.Tensor:
-        """seq [B, L] item ids, left-padded with 0, L <= max_len -> hidden states [B, L, H].
-
-        `causal=False` lets every position see the whole sequence (pretraining objectives)."""
-        B, L = seq.shape
+    def embed(self, seq: torch.Tensor) -> torch.Tensor:
+        """Item plus position embeddings [B, L, H] of left-padded ids [B, L]."""
+        L = seq.size(1)
         assert L <= self.args.max_len, f"sequence length {L} exceeds max_len {self.args.max_len}"
         pos = torch.arange(L - 1, -1, -1, device=seq.device)  # [L], last position is 0
-        x = self.item_emb(seq) + self.pos_emb(pos)  # [B, L, H]
+        return self.item_emb(seq) + self.pos_emb(pos)  # [B, L, H]
+
+    def encode(self, x: torch.Tensor, seq: torch.Tensor, causal: bool = True) -> torch.Tensor:
+        """Self-attention stack over input vectors x [B, L, H]; `seq` [B, L] marks padding (0)."""
         x = self.drop(self.ln_in(x))
         mask = attention_mask(seq, causal)  # [B, 1, L, L]
         for block in self.blocks:
             x = block(x, mask)  # [B, L, H]
         return self.ln_out(x)  # [B, L, H]
+
+    def forward(self, seq: torch.Tensor, causal: bool = True) -> torch.Tensor:
+        """seq [B, L] item ids, left-padded with 0, L <= max_len -> hidden states [B, L, H].
+
+        `causal=False` lets every position see the whole sequence (pretraining objectives)."""
+        return self.encode(self.embed(seq), seq, causal)  # [B, L, H]
 
     def output_embeddings(self) -> torch.Tensor:
         return (self.item_emb if self.out_emb is None else self.out_emb).weight  # [V, H]
