@@ -26,8 +26,14 @@ demo: setup
 	$(PY) 03_inference.py data/demo/runs/demo-pop-s42/checkpoint.pt
 	$(PY) 02_train.py --data data/demo --model sasrec --loss bce --epochs 15 --patience 3
 	$(PY) 03_inference.py data/demo/runs/demo-sasrec-bce-s42/checkpoint.pt
+	$(PY) 02_train.py --data data/demo --model ease --l2 200
+	$(PY) 03_inference.py data/demo/runs/demo-ease-l200-s42/checkpoint.pt
+	$(PY) 04_ensemble.py submissions/demo-ease-l200-s42.top100.csv submissions/demo-sasrec-bce-s42.top100.csv \
+		--method score --norm zscore --data data/demo --out submissions/demo-blend.csv
 	$(PY) 05_evaluate.py submissions/demo-pop-s42.csv --data data/demo
 	$(PY) 05_evaluate.py submissions/demo-sasrec-bce-s42.csv --data data/demo
+	$(PY) 05_evaluate.py submissions/demo-ease-l200-s42.csv --data data/demo
+	$(PY) 05_evaluate.py submissions/demo-blend.csv --data data/demo
 
 test: setup
 	$(PY) -m pytest -q tests

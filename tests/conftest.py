@@ -99,3 +99,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not found")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny in-process tensors: one thread is far faster than several spinning threads on a busy machine."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def load_train_module():
+    """02_train.py as a module (its name starts with a digit, so no plain import)."""
+    import importlib.util
+    name = "train_02_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "02_train.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(mod)
+    return sys.modules[name]

@@ -19,14 +19,6 @@ N_ITEMS = 30
 MAX_LEN = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is far faster than several spinning threads on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_model(seed: int = 0, **kw) -> SASRec:
     torch.manual_seed(seed)

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, describe, run_script, run_scripts
+from conftest import ROOT, describe, load_train_module, run_script, run_scripts
 
 from common.batches import NegativeSampler
 from common.data import Dataset, build_dataset
@@ -28,23 +28,6 @@ from common.readers import RawData
 from common.recommend import EASERecommender, top_k
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def load_train_module():
-    """02_train.py as a module (its name starts with a digit, so no plain import)."""
-    name = "train_02_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "02_train.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 def raw_from_sets(user_items: dict[int, list[int]]) -> RawData:

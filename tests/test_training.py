@@ -13,9 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from conftest import ROOT, load_train_module
 
 from common.batches import NegativeSampler, gather_windows, window_ends  # noqa: E402
 from common.data import Dataset, build_dataset, pad_rows  # noqa: E402
@@ -32,14 +30,6 @@ def train_args(epochs: int = 1) -> list[str]:
     return ["--hidden", "16", "--max-len", "20", "--epochs", str(epochs), "--no-progress", "--batch-size", "512"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny in-process tensors: one thread is far faster than several spinning threads on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def run_script(script: str, *args, cwd: Path | None = None, expect_rc: int | None = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
@@ -53,16 +43,6 @@ def run_script(script: str, *args, cwd: Path | None = None, expect_rc: int | Non
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
-
-def load_train_module():
-    """02_train.py as a module (its name starts with a digit, so no plain import)."""
-    name = "train_02_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "02_train.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 # ---------------------------------------------------------------- a tiny hand-made dataset
