@@ -165,6 +165,12 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
     elif (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
     sampler = NegativeSampler(ds, rng)
+
+    def save(path: Path, epoch: int, best_score, extra=None):
+        save_checkpoint(path, model_type="sasrec", model_args=dataclasses.asdict(args),
+                        state_dict=model.state_dict(), config=config_dict(cfg), ds=ds, epoch=epoch,
+                        best_score=best_score, extra=extra)
+
     n_params = sum(p.numel() for p in model.parameters())
     print(f"sasrec: {n_params:,} parameters, {ds.n_users:,} users, {ds.n_items:,} items, device {device}")
 
@@ -201,14 +207,9 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
         append_jsonl(out / "metrics.jsonl", record)
         print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         if improved:
-            save_checkpoint(best_path, model_type="sasrec", model_args=dataclasses.asdict(args),
-                            state_dict=model.state_dict(), config=config_dict(cfg), ds=ds, epoch=epoch,
-                            best_score=best if ds.has_holdout else None)
-        save_checkpoint(last_path, model_type="sasrec", model_args=dataclasses.asdict(args),
-                        state_dict=model.state_dict(), config=config_dict(cfg), ds=ds, epoch=epoch,
-                        best_score=best, extra={"optimizer": opt.state_dict(), "best_epoch": best_epoch,
-                                                "bad_epochs": bad_epochs, "numpy_rng": rng.bit_generator.state,
-                                                "torch_rng": torch.get_rng_state()})
+            save(best_path, epoch, best if ds.has_holdout else None)
+        save(last_path, epoch, best, {"optimizer": opt.state_dict(), "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                               "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
         if ds.has_holdout and bad_epochs >= cfg.patience:
             print(f"no better recall@{cfg.k} for {cfg.patience} epochs: stopping")
             break
