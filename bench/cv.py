@@ -50,7 +50,7 @@ def run_split(dataset: str, seed: int, recipes: list[str], blends: list[str], ex
         inf = measure([PY, "03_inference.py", f"{data}/runs/{name}/checkpoint.pt",
                        "--out-dir", f"{data}/submissions"])
         subs[name] = f"{data}/submissions/{name}.top100.csv"
-        rows.append({"dataset": dataset, "split": seed, "recipe": name, **last_json(inf["stdout"]),
+        rows.append({**last_json(inf["stdout"]), "dataset": dataset, "split": seed, "recipe": name,
                      "train_seconds": m["seconds"], "epochs": len(epochs)})
     for name in blends:
         parts, weights, args = BLENDS[name]
@@ -58,7 +58,7 @@ def run_split(dataset: str, seed: int, recipes: list[str], blends: list[str], ex
             continue
         m = measure([PY, "04_ensemble.py", *[subs[p] for p in parts], "--weights", *map(str, weights),
                      "--data", data, "--out", f"{data}/submissions/{name}.csv", *args])
-        rows.append({"dataset": dataset, "split": seed, "recipe": name, **last_json(m["stdout"])})
+        rows.append({**last_json(m["stdout"]), "dataset": dataset, "split": seed, "recipe": name})
     for r in rows:
         report("cv", r)
     return rows
