@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.batches import HISTORY_MODES, NegativeSampler, gather_windows, window_ends
+from common.batches import HISTORY_MODES, NegativeSampler, gather_future, gather_windows, window_ends
 from common.config import config_dict, parse_config, save_config
 from common.data import Dataset
 from common.io import InputError, append_jsonl, run_main
@@ -35,6 +35,7 @@ class TrainConfig:
     loss: str = field(default="bce", metadata={"choices": tuple(LOSSES)})
     history: str = field(default="last", metadata={"choices": HISTORY_MODES,
                                                    "help": "last max_len items, all windows, or random crops"})
+    horizon: int = field(default=1, metadata={"help": "targets per position: the next K items (1: next item only)"})
     negatives: int = field(default=1, metadata={"help": "negatives per target (bce, bpr) or per batch (sampled)"})
     sampled_dist: str = field(default="uniform", metadata={"choices": ("uniform", "pop"),
                                                            "help": "sampled: draw shared negatives uniformly or by popularity"})
@@ -93,9 +94,14 @@ def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     h = model(batch["input"])  # [B, L, H]
     mask = batch["target"] != 0  # [B, L]
     h, target = h[mask], batch["target"][mask]  # [N, H], [N]
+    future = batch["future"][mask] if "future" in batch else None  # [N, K] next K items, 0 = none
     if spec.kind == "full":
         logits = model.score_all(h)  # [N, V]
-        return spec.fn(logits.index_fill(1, torch.tensor([0], device=h.device), -math.inf), target)
+        logits = logits.index_fill(1, torch.tensor([0], device=h.device), -math.inf)
+        return spec.fn(logits, target if future is None else future)
+    if future is not None:  # one (position, future item) pair per target, in row-major order
+        rows, k = torch.nonzero(future, as_tuple=True)
+        h, target = h[rows], future[rows, k]  # [P, H], [P]
     pos = model.score_items(h, target[:, None])[:, 0]  # [N]
     if spec.negatives == "shared":
         shared = batch["shared"]  # [M]
@@ -111,11 +117,15 @@ def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
 def make_batch(ds: Dataset, ends: np.ndarray, sampler: NegativeSampler, cfg: TrainConfig, device) -> dict:
     inp, target, user = gather_windows(ds.indptr, ds.items, ends, cfg.max_len)
     batch = {"input": inp, "target": target, "user": user}
+    mask = target != 0
+    users_per_target = np.broadcast_to(user[:, None], target.shape)[mask]  # [N]
+    if cfg.horizon > 1:
+        batch["future"] = gather_future(ds.indptr, ds.items, ends, cfg.max_len, cfg.horizon)  # [B, L, K]
+        future = batch["future"][mask]  # [N, K]
+        users_per_target = np.broadcast_to(users_per_target[:, None], future.shape)[future != 0]  # [P]
     kind = LOSSES[cfg.loss].negatives
     if kind == "per_position":
-        mask = target != 0
-        users_per_target = np.broadcast_to(user[:, None], target.shape)[mask]  # [N]
-        batch["negatives"] = sampler.sample(users_per_target, (cfg.negatives,))  # [N, M]
+        batch["negatives"] = sampler.sample(users_per_target, (cfg.negatives,))  # [N or P, M]
     elif kind == "shared":
         batch["shared"] = sampler.shared(cfg.negatives, cfg.sampled_dist)  # [M]
     batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}

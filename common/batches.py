@@ -37,15 +37,30 @@ def window_ends(indptr: np.ndarray, max_len: int, mode: str, rng: np.random.Gene
     raise ValueError(f"unknown history mode {mode!r}; choose from {HISTORY_MODES}")
 
 
-def gather_windows(indptr: np.ndarray, items: np.ndarray, ends: np.ndarray, max_len: int):
-    """(input [B, L], target [B, L], user [B]) for windows ending at `ends`."""
+def _window_positions(indptr: np.ndarray, ends: np.ndarray, max_len: int):
+    """(user [B], flat target positions [B, L], valid [B, L]) of windows ending at `ends`."""
     user = np.searchsorted(indptr, ends - 1, side="right") - 1  # [B]
     col = np.arange(max_len)[None, :]  # [1, L]
     tgt_pos = ends[:, None] - max_len + col  # [B, L]
     valid = tgt_pos - 1 >= indptr[user][:, None]  # the input position must belong to the user
+    return user, tgt_pos, valid
+
+
+def gather_windows(indptr: np.ndarray, items: np.ndarray, ends: np.ndarray, max_len: int):
+    """(input [B, L], target [B, L], user [B]) for windows ending at `ends`."""
+    user, tgt_pos, valid = _window_positions(indptr, ends, max_len)
     target = np.where(valid, items[np.where(valid, tgt_pos, 0)], 0)
     inp = np.where(valid, items[np.where(valid, tgt_pos - 1, 0)], 0)
     return inp, target, user
+
+
+def gather_future(indptr: np.ndarray, items: np.ndarray, ends: np.ndarray, max_len: int, horizon: int):
+    """The next `horizon` training items after each input position: [B, L, horizon], 0 past the
+    user's last item. future[..., 0] is gather_windows' target."""
+    user, tgt_pos, valid = _window_positions(indptr, ends, max_len)
+    fpos = tgt_pos[:, :, None] + np.arange(horizon)  # [B, L, K]
+    ok = valid[:, :, None] & (fpos < indptr[user + 1][:, None, None])
+    return np.where(ok, items[np.where(ok, fpos, 0)], 0)
 
 
 class NegativeSampler:

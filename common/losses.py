@@ -25,8 +25,12 @@ def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
 
 def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy over every item."""
-    return F.cross_entropy(logits, target)
+    """Softmax cross-entropy over every item. target [N], or [N, K] with several targets per
+    position (0 = none): the mean of -log softmax over the real ones."""
+    if target.dim() == 1:
+        return F.cross_entropy(logits, target)
+    logp = F.log_softmax(logits, dim=1)  # [N, V]
+    return -logp.gather(1, target)[target != 0].mean()
 
 
 def sampled_softmax_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

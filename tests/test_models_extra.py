@@ -457,3 +457,50 @@ def test_inference_from_new_models(flag_runs, name):
     seen = {int(ds.user_raw[u]): set(ds.item_raw[ds.sequence(u)].tolist()) for u in range(ds.n_users)}
     overlap = [(u, i) for u, i in zip(sub["user"], sub["item"]) if i in seen[u]]
     assert not overlap, f"{len(overlap)} seen items recommended, e.g. {overlap[:3]}"
+
+
+def test_gather_future_lists_the_next_items_of_the_same_user():
+    from common.batches import gather_future, gather_windows
+    # user 0: items 1..5 (flat 0..4); user 1: items 6..8 (flat 5..7)
+    indptr = np.array([0, 5, 8])
+    items = np.array([1, 2, 3, 4, 5, 6, 7, 8])
+    ends = np.array([4, 8])  # user 0's window stops before its last item; user 1's at its end
+    future = gather_future(indptr, items, ends, max_len=3, horizon=3)  # [2, 3, 3]
+    inp, target, _ = gather_windows(indptr, items, ends, max_len=3)
+    assert np.array_equal(future[..., 0], target)
+    # user 0: inputs [1, 2, 3] -> futures [2,3,4], [3,4,5], [4,5,0] (item 5 lies past the window
+    # but still belongs to the user; nothing after it)
+    assert future[0].tolist() == [[2, 3, 4], [3, 4, 5], [4, 5, 0]]
+    # user 1: inputs [0, 6, 7] (left padding) -> [0,0,0], [7,8,0], [8,0,0]: never user 0's items
+    assert inp[1].tolist() == [0, 6, 7]
+    assert future[1].tolist() == [[0, 0, 0], [7, 8, 0], [8, 0, 0]]
+
+
+def test_multi_target_ce_is_the_mean_over_real_targets():
+    logits = torch.tensor([[-math.inf, 1.0, 2.0, 0.0], [-math.inf, 0.5, 0.5, 3.0]])
+    target = torch.tensor([[1, 2], [3, 0]])  # the second row has one real target
+    logp = torch.log_softmax(logits, dim=1)
+    expected = -(logp[0, 1] + logp[0, 2] + logp[1, 3]) / 3
+    assert torch.allclose(ce_loss(logits, target), expected)
+
+
+def test_horizon_pairs_line_up_with_their_negatives(tmp_path):
+    """With --horizon K every (position, future item) pair gets negatives unseen by its own user."""
+    train = load_train_module()
+    users = np.repeat([1, 2], [6, 5])
+    items = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+    raw = RawData(users=users, items=items, times=np.arange(11, dtype=float), source="t")
+    build_dataset(raw, tmp_path / "d", holdout=False, name="d")
+    ds = Dataset(tmp_path / "d")
+    cfg = train.TrainConfig(max_len=4, horizon=3, negatives=2, loss="bpr")
+    sampler = NegativeSampler(ds, np.random.default_rng(0))
+    batch = train.make_batch(ds, ds.indptr[1:].copy(), sampler, cfg, torch.device("cpu"))
+    mask = batch["target"] != 0
+    future = batch["future"][mask]
+    rows, _ = torch.nonzero(future, as_tuple=True)
+    user_of_row = batch["user"][:, None].expand_as(batch["target"])[mask][rows]
+    assert len(batch["negatives"]) == int((future != 0).sum())
+    for u, negs in zip(user_of_row.tolist(), batch["negatives"].tolist()):
+        assert not set(negs) & set(ds.sequence(u).tolist())
+    model = SASRec(SASRecArgs(n_items=ds.n_items, hidden=8, max_len=4))
+    assert torch.isfinite(train.train_loss(model, batch, "bpr"))
