@@ -76,7 +76,8 @@ def time_column(values, path: Path, col: str, first_row: int = 2) -> np.ndarray:
     return num.to_numpy(dtype=np.float64)
 
 
-def _read_csv(path: Path, **kw) -> pd.DataFrame:
+def read_csv_checked(path: Path, **kw) -> pd.DataFrame:
+    """pandas.read_csv with one-line errors naming the file."""
     _require_file(path)
     try:
         return pd.read_csv(path, **kw)
@@ -104,12 +105,12 @@ def _side_frame(items, values, path: Path, first_row: int = 2) -> pd.DataFrame:
 
 def read_competition(folder: Path) -> RawData:
     path = folder / "train_ratings.csv"
-    raw = _interactions(_read_csv(path), path, "user", "item", "time", "competition")
+    raw = _interactions(read_csv_checked(path), path, "user", "item", "time", "competition")
     for kind in SIDE_FILES + ("titles",):
         side_path = folder / f"{kind}.tsv"
         if not side_path.exists():
             continue
-        df = _read_csv(side_path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+        df = read_csv_checked(side_path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
         if df.shape[1] < 2 or df.columns[0] != "item":
             raise InputError(f"{side_path}: expected a header 'item<TAB>value' with two columns")
         raw.side[kind] = _side_frame(df.iloc[:, 0], df.iloc[:, 1], side_path)
@@ -130,10 +131,10 @@ def _movielens_side(item_ids, titles, genres, path: Path, first_row: int, genre_
 
 def read_ml_csv(folder: Path) -> RawData:
     path = folder / "ratings.csv"
-    raw = _interactions(_read_csv(path), path, "userId", "movieId", "timestamp", "ml-csv")
+    raw = _interactions(read_csv_checked(path), path, "userId", "movieId", "timestamp", "ml-csv")
     movies_path = folder / "movies.csv"
     if movies_path.exists():
-        m = _read_csv(movies_path, dtype=str, keep_default_na=False)
+        m = read_csv_checked(movies_path, dtype=str, keep_default_na=False)
         _require_columns(m, ("movieId", "title", "genres"), movies_path)
         raw.side = _movielens_side(m["movieId"], m["title"], m["genres"], movies_path, first_row=2)
     return raw
@@ -141,12 +142,12 @@ def read_ml_csv(folder: Path) -> RawData:
 
 def read_ml_dat(folder: Path) -> RawData:
     path = folder / "ratings.dat"
-    df = _read_csv(path, sep="::", engine="python", header=None,
+    df = read_csv_checked(path, sep="::", engine="python", header=None,
                    names=["user", "item", "rating", "time"], encoding="latin-1")
     raw = _interactions(df, path, "user", "item", "time", "ml-dat", first_row=1)
     movies_path = folder / "movies.dat"
     if movies_path.exists():
-        m = _read_csv(movies_path, sep="::", engine="python", header=None, dtype=str,
+        m = read_csv_checked(movies_path, sep="::", engine="python", header=None, dtype=str,
                       names=["item", "title", "genres"], encoding="latin-1")
         raw.side = _movielens_side(m["item"], m["title"], m["genres"], movies_path, first_row=1)
     return raw
@@ -154,12 +155,12 @@ def read_ml_dat(folder: Path) -> RawData:
 
 def read_ml_100k(folder: Path) -> RawData:
     path = folder / "u.data"
-    df = _read_csv(path, sep="\t", header=None, names=["user", "item", "rating", "time"])
+    df = read_csv_checked(path, sep="\t", header=None, names=["user", "item", "rating", "time"])
     raw = _interactions(df, path, "user", "item", "time", "ml-100k", first_row=1)
     items_path = folder / "u.item"
     if items_path.exists():
         cols = ["item", "title", "release", "video", "url", *ML100K_GENRES]
-        m = _read_csv(items_path, sep="|", header=None, names=cols, dtype=str, encoding="latin-1")
+        m = read_csv_checked(items_path, sep="|", header=None, names=cols, dtype=str, encoding="latin-1")
         flags = m[list(ML100K_GENRES)].to_numpy() == "1"
         genres = ["|".join(g for g, f in zip(ML100K_GENRES, row) if f) for row in flags]
         raw.side = _movielens_side(m["item"], m["title"], genres, items_path, first_row=1)

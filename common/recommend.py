@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from common.data import Dataset, pad_rows
-from common.io import InputError
+from common.io import InputError, atomic_path
 from common.metrics import all_metrics
 from common.model import SASRec, SASRecArgs
 
@@ -75,7 +75,6 @@ class SASRecRecommender:
 
 def save_checkpoint(path: Path, *, model_type: str, model_args: dict, state_dict: dict, config: dict,
                     ds: Dataset, epoch: int, best_score: float, extra: dict | None = None) -> None:
-    from common.io import atomic_path
     payload = {
         "version": CHECKPOINT_VERSION, "model_type": model_type, "model_args": model_args,
         "state_dict": state_dict, "config": config, "data_dir": str(ds.root.resolve()),

@@ -12,7 +12,7 @@ import pandas as pd
 
 from common.data import Dataset, csr_offsets
 from common.io import InputError, atomic_path
-from common.readers import _read_csv, int_column
+from common.readers import read_csv_checked, int_column
 
 SUBMISSION_COLUMNS = ["user", "item"]
 CANDIDATE_COLUMNS = ["user", "item", "score", "rank"]
@@ -36,7 +36,7 @@ def write_ranked(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, scores:
 def read_ranked(path: Path, with_scores: bool = False) -> pd.DataFrame:
     """Read a submission (or candidates) file with checked header and integer ids."""
     path = Path(path)
-    df = _read_csv(path)
+    df = read_csv_checked(path)
     need = CANDIDATE_COLUMNS if with_scores else SUBMISSION_COLUMNS
     if list(df.columns[:len(need)]) != need:
         raise InputError(f"{path}: header must start with '{','.join(need)}', found '{','.join(map(str, df.columns))}'")
