@@ -2,6 +2,8 @@
 
 Models: pop (most popular), ease (closed-form item-item, --l2), sasrec (S3-Rec's fine-tuning model)
 with --loss bce (the baseline), bpr, ce (softmax over all items) or sampled (shared negatives).
+--stage pretrain trains the encoder with S3-Rec's self-supervised objectives (AAP, MIP, MAP, SP) on the
+item-attribute table; --init-from <that run> starts fine-tuning from it.
 With a local hold-out every epoch is scored (Recall@10, NDCG@10), the best epoch is kept and training
 stops early. Without one, training runs a fixed --epochs: take the best epoch of a hold-out run.
 """
@@ -24,6 +26,7 @@ from common.data import Dataset
 from common.io import InputError, append_jsonl, run_main
 from common.losses import LOSSES
 from common.model import SASRec, SASRecArgs
+from common.pretrain import PretrainConfig, fit_pretrain, load_pretrained_encoder
 from common.recommend import MODEL_TYPES, EASERecommender, PopRecommender, SASRecRecommender, evaluate, save_checkpoint
 from common.utils import pick_device, set_seed
 
@@ -56,6 +59,14 @@ class TrainConfig:
     epochs: int = field(default=200, metadata={"help": "maximum epochs (fixed count without a hold-out)"})
     patience: int = field(default=10, metadata={"help": "epochs without a better Recall@k before stopping"})
     l2: float = field(default=500.0, metadata={"help": "EASE: L2 weight on the item-item matrix"})
+    stage: str = field(default="finetune", metadata={"choices": ("finetune", "pretrain"),
+                                                     "help": "pretrain: S3-Rec's self-supervised objectives"})
+    init_from: str = field(default="", metadata={"help": "start from a pretraining run (its name or checkpoint path)"})
+    aap_weight: float = field(default=0.2, metadata={"help": "pretrain: item -> attributes"})
+    mip_weight: float = field(default=1.0, metadata={"help": "pretrain: masked item prediction"})
+    map_weight: float = field(default=1.0, metadata={"help": "pretrain: masked attribute prediction"})
+    sp_weight: float = field(default=0.5, metadata={"help": "pretrain: segment prediction"})
+    mask_prob: float = field(default=0.2, metadata={"help": "pretrain: share of items masked"})
     k: int = 10
     eval_batch_size: int = 1024
     seed: int = 42
@@ -73,6 +84,8 @@ class TrainingError(InputError):
 def run_name(cfg: TrainConfig, ds: Dataset) -> str:
     if cfg.run_name:
         return cfg.run_name
+    if cfg.stage == "pretrain":
+        return f"{ds.name}-s3rec-pretrain-s{cfg.seed}"
     parts = [ds.name, cfg.model]
     if cfg.model == "ease":
         parts.append(f"l{cfg.l2:g}")
@@ -80,6 +93,8 @@ def run_name(cfg: TrainConfig, ds: Dataset) -> str:
         parts.append(cfg.loss)
         if cfg.history != "last":
             parts.append(cfg.history)
+        if cfg.init_from:
+            parts.append("pt")
     return "-".join(parts + [f"s{cfg.seed}"])
 
 
@@ -158,6 +173,11 @@ def fit_closed_form(cfg: TrainConfig, ds: Dataset, out: Path) -> None:
 def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -> None:
     args = model_args(cfg, ds)
     model = SASRec(args).to(device)
+    if cfg.init_from and not cfg.resume:
+        path = Path(cfg.init_from)
+        path = path if path.suffix == ".pt" else ds.root / "runs" / cfg.init_from / "checkpoint.pt"
+        pre = load_pretrained_encoder(model, path, ds)
+        print(f"encoder initialised from {path} (pretraining epoch {pre['epoch']}, objectives {pre['objectives']})")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     start_epoch, best, best_epoch, bad_epochs = 0, -math.inf, -1, 0
@@ -231,6 +251,10 @@ def main():
     cfg = parse_config(TrainConfig, description=__doc__)
     set_seed(cfg.seed)
     ds = Dataset(Path(cfg.data))
+    if cfg.stage == "pretrain" and (cfg.model != "sasrec" or cfg.init_from):
+        raise InputError("--stage pretrain trains the sasrec encoder from scratch; drop --model/--init-from")
+    if cfg.init_from and cfg.model != "sasrec":
+        raise InputError(f"--init-from starts a sasrec model; --model {cfg.model} has no encoder to initialise")
     if cfg.model == "sasrec" and cfg.k > ds.n_items:
         raise InputError(f"--k {cfg.k} exceeds the {ds.n_items} items of {ds.root}")
     device = pick_device(cfg.device, cfg.threads)
@@ -238,7 +262,12 @@ def main():
     out = ds.root / "runs" / name
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
-    if cfg.model in ("pop", "ease"):
+    if cfg.stage == "pretrain":
+        pcfg = PretrainConfig(aap_weight=cfg.aap_weight, mip_weight=cfg.mip_weight, map_weight=cfg.map_weight,
+                              sp_weight=cfg.sp_weight, mask_prob=cfg.mask_prob)
+        fit_pretrain(pcfg, ds, out, device, model_args(cfg, ds), cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed,
+                     cfg.progress, cfg.resume, history=cfg.history, config=config_dict(cfg))
+    elif cfg.model in ("pop", "ease"):
         fit_closed_form(cfg, ds, out)
     else:
         fit_sasrec(cfg, ds, out, device)

@@ -41,6 +41,9 @@ def main():
     set_seed(cfg.seed)
     ckpt_path = Path(cfg.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
+    if ckpt.get("stage") == "pretrain":
+        raise InputError(f"{ckpt_path}: a pretraining checkpoint recommends nothing; "
+                         "fine-tune it first with 02_train.py --init-from <its run>")
     ds = Dataset(Path(cfg.data or ckpt["data_dir"]))
     check_dataset_matches(ckpt, ds, str(ckpt_path))
     n = max(cfg.k, cfg.candidates)

@@ -1,0 +1,402 @@
+"""S3-Rec self-supervised pretraining (Zhou et al., CIKM 2020) of the SASRec encoder.
+
+Four objectives train the encoder, an attribute table, a mask vector and four bilinear heads:
+  AAP  associated attribute prediction: item embedding -> the item's attributes (multi-label BCE)
+  MIP  masked item prediction: hidden state at a masked position -> the masked item vs a negative
+  MAP  masked attribute prediction: hidden state at a masked position -> the masked item's attributes
+  SP   segment prediction: masked-segment context -> the segment itself vs a segment of another sequence
+The total loss is Σ weight · objective. Every encoder pass is bidirectional (causal=False).
+
+Conventions:
+  * A masked position gets the learned `mask_emb` plus its position embedding; the masked item is
+    replaced by padding before the embedding lookup, so the encoder never sees it. The original
+    sequence is only used for the padding mask.
+  * Multi-label BCE is summed over the attributes and averaged over items (as S3-Rec sums over
+    attributes); the pairwise objectives are -log σ(s+) - log(1 - σ(s-)), averaged over rows.
+  * Windows are full windows of the training sequences (all of each user's history, `windows`
+    mode), left-padded, trimmed to the batch's longest window: positions count from the end, so
+    trimming leaves every output unchanged.
+  * The checkpoint's `state_dict` is the encoder's alone (a plain SASRec), so fine-tuning starts
+    from it with `load_pretrained_encoder`; `pretrain_state` holds the whole pretrainer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common.batches import NegativeSampler, gather_windows, window_ends
+from common.data import Dataset
+from common.io import InputError, append_jsonl
+from common.model import PAD, SASRec, SASRecArgs
+from common.recommend import check_dataset_matches, load_checkpoint, save_checkpoint
+
+OBJECTIVES = ("aap", "mip", "map", "sp")
+ARCHITECTURE_FIELDS = ("n_items", "hidden", "layers", "heads", "max_len", "pre_ln", "final_ln", "tied")
+
+
+@dataclass
+class PretrainConfig:
+    aap_weight: float = 0.2
+    mip_weight: float = 1.0
+    map_weight: float = 1.0
+    sp_weight: float = 0.5
+    mask_prob: float = 0.2  # share of each sequence's items masked for MIP/MAP (at least one)
+
+    def weights(self) -> dict:
+        return {name: float(getattr(self, f"{name}_weight")) for name in OBJECTIVES}
+
+
+class PretrainingError(InputError):
+    """Pretraining cannot go on (a non-finite loss); the message says what was kept."""
+
+
+# ---------------------------------------------------------------- the model
+
+class S3RecPretrainer(nn.Module):
+    """A SASRec encoder plus S3-Rec's attribute table, mask vector and four bilinear heads."""
+
+    def __init__(self, args: SASRecArgs, n_attributes: int):
+        super().__init__()
+        H = args.hidden
+        self.encoder = SASRec(args)
+        self.attr_emb = nn.Embedding(n_attributes + 1, H, padding_idx=PAD)  # row 0 is padding
+        self.mask_emb = nn.Parameter(torch.empty(H))
+        self.aap, self.mip, self.map, self.sp = (nn.Linear(H, H) for _ in OBJECTIVES)
+        for m in (self.attr_emb, self.aap, self.mip, self.map, self.sp):
+            self.encoder._init(m)
+        nn.init.normal_(self.mask_emb, std=args.init_std)
+
+    @property
+    def n_attributes(self) -> int:
+        return self.attr_emb.num_embeddings - 1
+
+    def attributes(self) -> torch.Tensor:
+        return self.attr_emb.weight[1:]  # [A, H], attribute id a is row a - 1
+
+    def masked_input(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Encoder input [B, L, H]: item + position embeddings, mask_emb + position where `mask`."""
+        x = self.encoder.embed(seq.masked_fill(mask, PAD))  # masked items are never looked up; PAD row is 0
+        return torch.where(mask[..., None], x + self.mask_emb, x)  # [B, L, H]
+
+    def masked_hidden(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Bidirectional hidden states [B, L, H] of `seq` [B, L] with positions `mask` [B, L] masked."""
+        return self.encoder.encode(self.masked_input(seq, mask), seq, causal=False)
+
+    def segment_hidden(self, seg: torch.Tensor) -> torch.Tensor:
+        """Left-padded segments [B, S] encoded as sequences of their own -> last hidden state [B, H]."""
+        return self.encoder(seg, causal=False)[:, -1]
+
+
+# ---------------------------------------------------------------- the objectives
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean that is 0 (not NaN) over no rows."""
+    return x.sum() / max(x.numel(), 1)
+
+
+def attribute_bce(q: torch.Tensor, attrs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-label BCE of scores q [N, H] · attrs [A, H] against 0/1 targets [N, A].
+
+    loss = mean_n Σ_a -(t_na log σ(z_na) + (1 - t_na) log(1 - σ(z_na))),  z = q attrs^T
+    """
+    logits = q @ attrs.T  # [N, A]
+    return _mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1))
+
+
+def pair_bce(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """-log σ(s+) - log(1 - σ(s-)), averaged over rows; pos, neg [N]."""
+    return _mean(-(F.logsigmoid(pos) + F.logsigmoid(-neg)))
+
+
+def aap_loss(item_vec: torch.Tensor, attrs: torch.Tensor, target: torch.Tensor, head: Callable) -> torch.Tensor:
+    """AAP: item embeddings [N, H] -> their attributes; z_na = (W_aap e_n + b) · a_a."""
+    return attribute_bce(head(item_vec), attrs, target)
+
+
+def map_loss(h: torch.Tensor, attrs: torch.Tensor, target: torch.Tensor, head: Callable) -> torch.Tensor:
+    """MAP: hidden states [N, H] at masked positions -> the masked items' attributes; z_na = (W_map h_n + b) · a_a."""
+    return attribute_bce(head(h), attrs, target)
+
+
+def mip_loss(h: torch.Tensor, pos_vec: torch.Tensor, neg_vec: torch.Tensor, head: Callable) -> torch.Tensor:
+    """MIP: hidden states [N, H] at masked positions vs the masked item [N, H] and a negative [N, H].
+
+    s± = (W_mip h + b) · e±;  loss = mean -log σ(s+) - log(1 - σ(s-))
+    """
+    q = head(h)  # [N, H]
+    return pair_bce((q * pos_vec).sum(-1), (q * neg_vec).sum(-1))
+
+
+def sp_loss(ctx: torch.Tensor, pos_seg: torch.Tensor, neg_seg: torch.Tensor, head: Callable) -> torch.Tensor:
+    """SP: masked-sequence context [B, H] vs its own segment [B, H] and another sequence's segment [B, H].
+
+    s± = (W_sp c + b) · s±;  loss = mean -log σ(s+) - log(1 - σ(s-))
+    """
+    q = head(ctx)  # [B, H]
+    return pair_bce((q * pos_seg).sum(-1), (q * neg_seg).sum(-1))
+
+
+def pretrain_loss(pretrainer: S3RecPretrainer, batch: dict, weights: dict) -> tuple[torch.Tensor, dict]:
+    """(Σ weight · objective, {objective: float value}) for a batch of `make_pretrain_batch`.
+
+    An objective with weight 0 is not computed; its value is None.
+    """
+    P, enc = pretrainer, pretrainer.encoder
+    w = {name: float(weights.get(name, 0.0)) for name in OBJECTIVES}
+    unknown = set(weights) - set(OBJECTIVES)
+    assert not unknown, f"unknown objectives {sorted(unknown)}; choose from {OBJECTIVES}"
+    attrs = P.attributes()  # [A, H]
+    losses = {}
+    if w["aap"]:
+        losses["aap"] = aap_loss(enc.item_emb(batch["aap_items"]), attrs, batch["aap_target"].float(), P.aap)
+    if w["mip"] or w["map"]:
+        mask = batch["mip_mask"]  # [B, L]
+        h = P.masked_hidden(batch["seq"], mask)[mask]  # [N, H], row-major like mip_pos
+        if w["mip"]:
+            losses["mip"] = mip_loss(h, enc.item_emb(batch["mip_pos"]), enc.item_emb(batch["mip_neg"]), P.mip)
+        if w["map"]:
+            losses["map"] = map_loss(h, attrs, batch["map_target"].float(), P.map)
+    if w["sp"]:
+        ok = batch["sp_valid"]  # [B]
+        ctx = P.masked_hidden(batch["seq"], batch["sp_mask"])[:, -1]  # [B, H]
+        segs = P.segment_hidden(torch.cat([batch["sp_pos"], batch["sp_neg"]]))  # [2B, H]
+        pos_seg, neg_seg = segs.chunk(2)  # [B, H] each
+        losses["sp"] = sp_loss(ctx[ok], pos_seg[ok], neg_seg[ok], P.sp)
+    total = sum(w[name] * value for name, value in losses.items())
+    if not torch.is_tensor(total):  # every weight 0
+        total = P.mask_emb.sum() * 0.0
+    return total, {name: (losses[name].item() if name in losses else None) for name in OBJECTIVES}
+
+
+# ---------------------------------------------------------------- batches
+
+def attribute_multi_hot(ds: Dataset) -> np.ndarray:
+    """[n_items + 1, n_attributes] bool; column a - 1 marks attribute id a (row 0, padding, is empty)."""
+    indptr, ids, names = ds.attributes()
+    table = np.zeros((ds.n_items + 1, len(names)), dtype=bool)
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    table[rows, ids - 1] = True
+    return table
+
+
+def _left_pad_spans(seq: np.ndarray, rows: np.ndarray, start: np.ndarray, length: np.ndarray, width: int) -> np.ndarray:
+    """seq[rows[i], start[i] : start[i] + length[i]] right-aligned in a [len(rows), width] array padded with 0."""
+    col = np.arange(width)[None, :]  # [1, S]
+    offset = width - length[:, None]  # [B, 1] first filled column
+    valid = col >= offset
+    src = np.where(valid, start[:, None] + col - offset, 0)
+    return np.where(valid, seq[rows[:, None], src], PAD)
+
+
+def make_pretrain_batch(ds: Dataset, ends: np.ndarray, rng: np.random.Generator, max_len: int, mask_prob: float,
+                        attr_multi_hot: np.ndarray, sampler: NegativeSampler | None = None) -> dict:
+    """CPU tensors for the pretraining objectives of the full windows ending at `ends`.
+
+    seq [B, L]            window items, left-padded (L = the batch's longest window, <= max_len)
+    user [B]              dense user ids
+    mip_mask [B, L]       masked positions: each real item with probability mask_prob, at least one per row
+    mip_pos, mip_neg [N]  the masked items (row-major order of mip_mask) and negatives unseen by the user
+    map_target [N, A]     the masked items' attributes (bool)
+    aap_items [M]         the distinct items of the batch; aap_target [M, A] their attributes (bool)
+    sp_mask [B, L]        one contiguous segment per row, length 1..len // 2
+    sp_pos [B, S]         that segment, left-padded
+    sp_neg [B, S]         a segment of the same length (shorter if no other row is long enough) of row sp_other
+    sp_other [B]          the row the negative segment comes from (-1 without one)
+    sp_valid [B]          the row has a negative (False only in a batch of one row)
+    """
+    sampler = sampler or NegativeSampler(ds, rng)
+    inp, target, user = gather_windows(ds.indptr, ds.items, ends, max_len)
+    seq = np.concatenate([inp[:, 1:], target[:, -1:]], axis=1)  # [B, max_len] = items[end - L : end]
+    lengths = (seq != PAD).sum(1)  # [B]
+    seq = seq[:, max_len - int(lengths.max()):]  # drop all-padding columns on the left
+    B, L = seq.shape
+    rows = np.arange(B)
+    valid = seq != PAD  # [B, L]
+    first = L - lengths  # [B] first real column
+
+    # MIP / MAP: random positions, at least one per row
+    mip_mask = (rng.random((B, L)) < mask_prob) & valid
+    forced = np.where(valid, rng.random((B, L)), -1.0).argmax(1)  # a random real position per row
+    mip_mask[rows, forced] |= ~mip_mask.any(1)
+    mip_pos = seq[mip_mask]  # [N]
+    mip_neg = sampler.sample(np.broadcast_to(user[:, None], (B, L))[mip_mask], ())  # [N]
+
+    # AAP: every distinct item of the batch
+    aap_items = np.unique(seq[valid])  # [M]
+
+    # SP: one segment per row; the negative comes from another row long enough for it, if any
+    seg_len = 1 + (rng.random(B) * (lengths // 2)).astype(np.int64)  # [B] in 1..len // 2
+    seg_start = first + (rng.random(B) * (lengths - seg_len + 1)).astype(np.int64)  # [B] column
+    col = np.arange(L)[None, :]
+    sp_mask = (col >= seg_start[:, None]) & (col < (seg_start + seg_len)[:, None])  # [B, L]
+    S = int(seg_len.max())
+    sp_pos = _left_pad_spans(seq, rows, seg_start, seg_len, S)  # [B, S]
+    keys = rng.random((B, B)) + (lengths[None, :] >= seg_len[:, None])  # long enough rows first
+    keys[rows, rows] = -1.0  # never the row itself
+    if B > 1:
+        other = keys.argmax(1)  # [B]
+        neg_len = np.minimum(seg_len, lengths[other])
+        neg_start = first[other] + (rng.random(B) * (lengths[other] - neg_len + 1)).astype(np.int64)
+        sp_neg = _left_pad_spans(seq, other, neg_start, neg_len, S)  # [B, S]
+        sp_valid = np.ones(B, dtype=bool)
+    else:
+        other, sp_neg, sp_valid = np.full(B, -1), sp_pos.copy(), np.zeros(B, dtype=bool)
+
+    arrays = {
+        "seq": seq, "user": user, "mip_mask": mip_mask, "mip_pos": mip_pos, "mip_neg": mip_neg,
+        "map_target": attr_multi_hot[mip_pos], "aap_items": aap_items, "aap_target": attr_multi_hot[aap_items],
+        "sp_mask": sp_mask, "sp_pos": sp_pos, "sp_neg": sp_neg, "sp_other": other, "sp_valid": sp_valid,
+    }
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each batch; a last batch of one row joins the previous one (SP needs two rows)."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def epoch_batches(indptr: np.ndarray, ends: np.ndarray, max_len: int, batch_size: int, rng: np.random.Generator,
+                  bucket: bool = True) -> list[np.ndarray]:
+    """This epoch's batches of window ends, in random order.
+
+    With `bucket`, windows of similar length share a batch (random within a length): batches are
+    trimmed to their longest window, so short sequences no longer pay for max_len positions.
+    """
+    ends = ends[rng.permutation(len(ends))]
+    if bucket:
+        user = np.searchsorted(indptr, ends - 1, side="right") - 1
+        ends = ends[np.argsort(np.minimum(ends - indptr[user], max_len), kind="stable")]
+    bounds = batch_bounds(len(ends), batch_size)
+    return [ends[lo:hi] for lo, hi in (bounds[i] for i in rng.permutation(len(bounds)))]
+
+
+# ---------------------------------------------------------------- training
+
+def _check_architecture(saved: dict, args: SASRecArgs, where: str, hint: str) -> None:
+    for name in ARCHITECTURE_FIELDS:
+        if saved.get(name) != getattr(args, name):
+            raise InputError(f"{where}: saved {name}={saved.get(name)}, this model has {name}={getattr(args, name)}; "
+                             f"{hint}")
+
+
+def fit_pretrain(cfg: PretrainConfig, ds: Dataset, out: Path, device: torch.device, model_args: SASRecArgs,
+                 epochs: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 42, progress: bool = True,
+                 resume: bool = False, *, history: str = "windows", bucket: bool = True,
+                 config: dict | None = None) -> S3RecPretrainer:
+    """Pretrain for `epochs` epochs; one line per epoch in out/metrics.jsonl, out/checkpoint.pt after each.
+
+    `config` (e.g. the training script's whole config) is saved as the checkpoint's "config";
+    by default it is this function's settings. Returns the pretrainer.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
+    if model_args.n_items != ds.n_items:
+        raise InputError(f"model has n_items={model_args.n_items} but {ds.root} has {ds.n_items} items")
+    for name, weight in cfg.weights().items():
+        if not (weight >= 0 and math.isfinite(weight)):
+            raise InputError(f"{name}_weight must be a finite number >= 0, got {weight}")
+    if not 0 < cfg.mask_prob <= 1:
+        raise InputError(f"mask_prob must be in (0, 1], got {cfg.mask_prob}")
+    multi_hot = attribute_multi_hot(ds)  # [V, A]
+    torch.manual_seed(seed)  # initial weights and dropout
+    pretrainer = S3RecPretrainer(model_args, multi_hot.shape[1]).to(device)
+    opt = torch.optim.Adam(pretrainer.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    weights = cfg.weights()
+    settings = {**dataclasses.asdict(cfg), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                "history": history, "bucket": bucket}
+    start_epoch = 0
+    if resume:
+        if not path.exists():
+            raise InputError(f"{path}: nothing to resume; run without resume first")
+        ckpt = load_checkpoint(path)
+        if ckpt.get("stage") != "pretrain":
+            raise InputError(f"{path}: not a pretraining checkpoint; cannot resume pretraining from it")
+        check_dataset_matches(ckpt, ds, str(path))
+        _check_architecture(ckpt["model_args"], model_args, str(path), "resume with the same model settings")
+        pretrainer.load_state_dict(ckpt["pretrain_state"])
+        opt.load_state_dict(ckpt["optimizer"])
+        rng.bit_generator.state = ckpt["numpy_rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in ckpt:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+        start_epoch = ckpt["epoch"] + 1
+        print(f"resuming pretraining in {out} at epoch {start_epoch}")
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    sampler = NegativeSampler(ds, rng)
+    n_params = sum(p.numel() for p in pretrainer.parameters())
+    print(f"s3rec pretraining: {n_params:,} parameters, {ds.n_users:,} users, {ds.n_items:,} items, "
+          f"{multi_hot.shape[1]:,} attributes, objectives {json.dumps(weights)}, device {device}")
+    if multi_hot.shape[1] == 0 and (weights["aap"] or weights["map"]):
+        print(f"note: {ds.root} has no item attributes; AAP and MAP are 0")
+
+    for epoch in range(start_epoch, epochs):
+        t0 = time.time()
+        pretrainer.train()
+        ends = window_ends(ds.indptr, model_args.max_len, history, rng)
+        batches = epoch_batches(ds.indptr, ends, model_args.max_len, batch_size, rng, bucket)
+        total, steps = 0.0, 0
+        sums = {name: 0.0 for name in OBJECTIVES}
+        bar = tqdm(batches, desc=f"pretrain {epoch}", disable=not progress, leave=False)
+        for batch_ends in bar:
+            batch = make_pretrain_batch(ds, batch_ends, rng, model_args.max_len, cfg.mask_prob, multi_hot, sampler)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, values = pretrain_loss(pretrainer, batch, weights)
+            if not torch.isfinite(loss):
+                kept = path if path.exists() else "none"
+                raise PretrainingError(f"pretraining loss became {loss.item()} at epoch {epoch} step {steps} "
+                                       f"({json.dumps(values)}); last good checkpoint: {kept}. Lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+            for name, value in values.items():
+                sums[name] += value or 0.0
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        n = max(steps, 1)
+        record = {"epoch": epoch, "loss": total / n,
+                  **{name: (sums[name] / n if weights[name] else None) for name in OBJECTIVES},
+                  "seconds": round(time.time() - t0, 3)}
+        append_jsonl(metrics_path, record)
+        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        extra = {"stage": "pretrain", "pretrain_state": pretrainer.state_dict(), "objectives": weights,
+                 "mask_prob": cfg.mask_prob, "n_attributes": multi_hot.shape[1], "pretrain_config": settings,
+                 "loss": record["loss"], "optimizer": opt.state_dict(), "numpy_rng": rng.bit_generator.state,
+                 "torch_rng": torch.get_rng_state()}
+        if device.type == "cuda":
+            extra["cuda_rng"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(path, model_type="sasrec", model_args=dataclasses.asdict(model_args),
+                        state_dict=pretrainer.encoder.state_dict(), config=config or settings, ds=ds, epoch=epoch,
+                        best_score=None, extra=extra)
+    return pretrainer
+
+
+def load_pretrained_encoder(model: SASRec, path: Path, ds: Dataset | None = None) -> dict:
+    """Load a pretraining checkpoint's encoder weights into `model` (same architecture).
+
+    With `ds`, also check that the checkpoint was made on the same id maps. Returns the checkpoint.
+    """
+    ckpt = load_checkpoint(path)
+    if ckpt.get("stage") != "pretrain":
+        raise InputError(f"{path}: not a pretraining checkpoint (made by the pretrain stage)")
+    _check_architecture(ckpt["model_args"], model.args, str(path), "use the same model settings as pretraining")
+    if ds is not None:
+        check_dataset_matches(ckpt, ds, str(path))
+    model.load_state_dict(ckpt["state_dict"])
+    return ckpt
