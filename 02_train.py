@@ -23,7 +23,7 @@ from tqdm import tqdm
 from common.batches import HISTORY_MODES, NegativeSampler, gather_future, gather_windows, window_ends
 from common.config import config_dict, parse_config, save_config
 from common.data import Dataset
-from common.io import InputError, append_jsonl, run_main
+from common.io import InputError, append_jsonl, keep_epochs_before, run_main
 from common.losses import LOSSES
 from common.model import SASRec, SASRecArgs
 from common.pretrain import PretrainConfig, fit_pretrain, load_pretrained_encoder
@@ -191,6 +191,7 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
         rng.bit_generator.state = st["numpy_rng"]
         torch.set_rng_state(st["torch_rng"])
         start_epoch, best, best_epoch, bad_epochs = st["epoch"] + 1, st["best_score"], st["best_epoch"], st["bad_epochs"]
+        keep_epochs_before(out / "metrics.jsonl", start_epoch)
         print(f"resuming {out.name} at epoch {start_epoch} (best recall@{cfg.k} {best:.4f} at epoch {best_epoch})")
     elif (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()

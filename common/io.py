@@ -72,6 +72,14 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+def keep_epochs_before(path: Path, epoch: int) -> None:
+    """Drop the records of epochs >= `epoch` from a metrics.jsonl (a resumed run writes them again)."""
+    path = Path(path)
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        atomic_write_text(path, "".join(line + "\n" for line in lines if json.loads(line)["epoch"] < epoch))
+
+
 def run_main(main) -> None:
     """Run a script's `main`, turning an InputError into a one-line message and exit status 2."""
     try:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from common.batches import NegativeSampler, gather_windows, window_ends
 from common.data import Dataset
-from common.io import InputError, append_jsonl
+from common.io import InputError, append_jsonl, keep_epochs_before
 from common.model import PAD, SASRec, SASRecArgs
 from common.recommend import check_dataset_matches, load_checkpoint, save_checkpoint
 
@@ -336,6 +336,7 @@ def fit_pretrain(cfg: PretrainConfig, ds: Dataset, out: Path, device: torch.devi
         if device.type == "cuda" and "cuda_rng" in ckpt:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         start_epoch = ckpt["epoch"] + 1
+        keep_epochs_before(metrics_path, start_epoch)
         print(f"resuming pretraining in {out} at epoch {start_epoch}")
     elif metrics_path.exists():
         metrics_path.unlink()

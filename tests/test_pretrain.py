@@ -305,6 +305,8 @@ def test_fit_resume_and_load_encoder(ds, tmp_path):
     for r in m:
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("loss", "aap", "mip", "map", "sp", "seconds"))
     run_fit(ds, tmp_path / "resumed", 1)
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:  # logged, but stopped before its checkpoint
+        f.write(json.dumps({"epoch": 1, "loss": 999.0}) + "\n")
     run_fit(ds, tmp_path / "resumed", 2, resume=True)
     r = read_metrics(tmp_path / "resumed")
     assert [x["epoch"] for x in r] == [0, 1]

@@ -347,6 +347,9 @@ def test_checkpoint_round_trip(demo_ds, run_seed1):
 def test_resume_matches_uninterrupted_run(demo_ds, run_seed1):
     run_script("02_train.py", "--data", demo_ds, *train_args(2), "--seed", "1", "--run-name", "full")
     run_script("02_train.py", "--data", demo_ds, *train_args(1), "--seed", "1", "--run-name", "resumed")
+    # a run stopped after logging epoch 1 but before saving it: the resumed run logs epoch 1 again, once
+    with open(demo_ds / "runs" / "resumed" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 1, "loss": 999.0}) + "\n")
     run_script("02_train.py", "--data", demo_ds, *train_args(2), "--seed", "1", "--run-name", "resumed", "--resume")
     full = read_metrics(demo_ds / "runs" / "full")
     resumed = read_metrics(demo_ds / "runs" / "resumed")
