@@ -59,6 +59,9 @@ class TrainConfig:
     epochs: int = field(default=200, metadata={"help": "maximum epochs (fixed count without a hold-out)"})
     patience: int = field(default=10, metadata={"help": "epochs without a better Recall@k before stopping"})
     l2: float = field(default=500.0, metadata={"help": "EASE: L2 weight on the item-item matrix"})
+    recency: float = field(default=0.0, metadata={"help": "EASE: extra weight of recent items when scoring "
+                                                          "(1 + recency * exp(-steps back / recency_tau))"})
+    recency_tau: float = field(default=10.0, metadata={"help": "EASE: decay of --recency, in items"})
     stage: str = field(default="finetune", metadata={"choices": ("finetune", "pretrain"),
                                                      "help": "pretrain: S3-Rec's self-supervised objectives"})
     init_from: str = field(default="", metadata={"help": "start from a pretraining run (its name or checkpoint path)"})
@@ -89,6 +92,8 @@ def run_name(cfg: TrainConfig, ds: Dataset) -> str:
     parts = [ds.name, cfg.model]
     if cfg.model == "ease":
         parts.append(f"l{cfg.l2:g}")
+        if cfg.recency:
+            parts.append(f"r{cfg.recency:g}t{cfg.recency_tau:g}")
     if cfg.model == "sasrec":
         parts.append(cfg.loss)
         if cfg.history != "last":
@@ -156,8 +161,9 @@ def fit_closed_form(cfg: TrainConfig, ds: Dataset, out: Path) -> None:
         state, args = PopRecommender.fit(ds), {}
         rec = PopRecommender(state["counts"])
     else:
-        state, args = EASERecommender.fit(ds, cfg.l2), {"l2": cfg.l2}
-        rec = EASERecommender(state["B"], ds)
+        scoring = {"recency": cfg.recency, "recency_tau": cfg.recency_tau}
+        state, args = EASERecommender.fit(ds, cfg.l2), {"l2": cfg.l2, "scoring": scoring}
+        rec = EASERecommender(state["B"], ds, **scoring)
     fit_seconds = time.time() - t0
     metrics = evaluate(rec, ds, cfg.k, cfg.eval_batch_size) if ds.has_holdout else {}
     score = metrics.get(f"recall@{cfg.k}")
@@ -256,6 +262,8 @@ def main():
         raise InputError("--stage pretrain trains the sasrec encoder from scratch; drop --model/--init-from")
     if cfg.init_from and cfg.model != "sasrec":
         raise InputError(f"--init-from starts a sasrec model; --model {cfg.model} has no encoder to initialise")
+    if not (cfg.recency >= 0 and cfg.recency_tau > 0):
+        raise InputError(f"--recency must be >= 0 and --recency-tau > 0, got {cfg.recency} and {cfg.recency_tau}")
     if cfg.model == "sasrec" and cfg.k > ds.n_items:
         raise InputError(f"--k {cfg.k} exceeds the {ds.n_items} items of {ds.root}")
     device = pick_device(cfg.device, cfg.threads)

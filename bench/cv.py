@@ -28,12 +28,17 @@ DATASETS = {
 RECIPES = {
     "pop": ["--model", "pop"],
     "ease": ["--model", "ease", "--l2", "500"],
+    "ease-l50": ["--model", "ease", "--l2", "50"],
+    "ease-recency": ["--model", "ease", "--l2", "500", "--recency", "2", "--recency-tau", "10"],
     "sasrec-bce": ["--loss", "bce", "--history", "windows"],
-    "sasrec-bpr": ["--loss", "bpr", "--history", "windows"],
+    "sasrec-bpr": ["--loss", "bpr", "--history", "windows", "--negatives", "16",
+                   "--dropout-attn", "0.2", "--dropout-hidden", "0.2"],
     "sasrec-ce": ["--loss", "ce", "--history", "windows"],
 }
+# Blend weights are fixed in advance (not tuned on the splits they are scored on).
 BLENDS = {  # name: (recipes, weights, 04_ensemble arguments)
-    "ease+sasrec-ce": (["ease", "sasrec-ce"], [1.0, 1.0], ["--method", "score", "--norm", "zscore"]),
+    "ease+sasrec-ce": (["ease", "sasrec-ce"], [1.0, 0.1], ["--method", "score", "--norm", "zscore"]),
+    "ease+sasrec-bpr": (["ease", "sasrec-bpr"], [1.0, 0.1], ["--method", "score", "--norm", "zscore"]),
 }
 
 

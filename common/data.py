@@ -211,10 +211,18 @@ class Dataset:
     def sequence(self, u: int) -> np.ndarray:
         return self.items[self.indptr[u]:self.indptr[u + 1]]
 
-    def seen_matrix(self):
-        """Sparse [n_users, n_items + 1] 0/1 matrix of training interactions."""
+    def seen_matrix(self, recency: float = 0.0, tau: float = 1.0):
+        """Sparse [n_users, n_items + 1] matrix of training interactions.
+
+        Entries are 1, or with `recency` > 0, 1 + recency · exp(-r / tau) where r is 0 for the user's
+        latest item, 1 for the one before, and so on.
+        """
         import scipy.sparse as sp
         data = np.ones(len(self.items), dtype=np.float32)
+        if recency:
+            user = np.repeat(np.arange(self.n_users), np.diff(self.indptr))
+            r = self.indptr[user + 1] - 1 - np.arange(len(self.items))  # steps back from the latest item
+            data += (recency * np.exp(-r / tau)).astype(np.float32)
         return sp.csr_matrix((data, self.items, self.indptr), shape=(self.n_users, self.n_items + 1))
 
     def answers_padded(self, users: np.ndarray) -> np.ndarray:

@@ -35,11 +35,15 @@ class PopRecommender:
 
 
 class EASERecommender:
-    """EASE (Steck 2019): scores = X_u B with B = I - P / diag(P), P = (X^T X + l2 I)^-1, diag(B) = 0."""
+    """EASE (Steck 2019): scores = X_u B with B = I - P / diag(P), P = (X^T X + l2 I)^-1, diag(B) = 0.
 
-    def __init__(self, B: torch.Tensor, ds: Dataset):
+    B is fitted on the 0/1 matrix. With `recency` > 0 the scoring input weighs the user's latest
+    items more (see Dataset.seen_matrix): the hidden set favours what comes next.
+    """
+
+    def __init__(self, B: torch.Tensor, ds: Dataset, recency: float = 0.0, recency_tau: float = 10.0):
         self.B = B  # [V, V], row and column 0 (padding) are zero
-        self.X = ds.seen_matrix()  # sparse [n_users, V]
+        self.X = ds.seen_matrix(recency, recency_tau)  # sparse [n_users, V]
 
     @staticmethod
     def fit(ds: Dataset, l2: float) -> dict:
@@ -110,7 +114,7 @@ def build_recommender(ckpt: dict, ds: Dataset, device: torch.device):
     if kind == "pop":
         return PopRecommender(ckpt["state_dict"]["counts"].to(device))
     if kind == "ease":
-        return EASERecommender(ckpt["state_dict"]["B"], ds)
+        return EASERecommender(ckpt["state_dict"]["B"], ds, **ckpt["model_args"].get("scoring", {}))
     model = SASRec(SASRecArgs(**ckpt["model_args"])).to(device)
     model.load_state_dict(ckpt["state_dict"])
     return SASRecRecommender(model, ds, device)

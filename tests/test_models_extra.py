@@ -134,6 +134,24 @@ def test_ease_scores_and_top_k(ease_ds):
             assert min(exact[i] for i in row) >= max(others) - 1e-5, f"user {u}: not the best unseen items"
 
 
+def test_ease_recency_weights_the_latest_items(ease_ds):
+    X, B_ref = ease_reference()
+    B = EASERecommender.fit(ease_ds, float(EASE_L2))["B"]
+    a, tau = 2.0, 1.5
+    rec = EASERecommender(B, ease_ds, recency=a, recency_tau=tau)
+    users = np.arange(ease_ds.n_users)
+    got = rec.score(users)
+    for u in users:
+        items = EASE_SETS[int(ease_ds.user_raw[u])]  # time order; item j is dense id j, B_ref row j - 1
+        w = {it - 1: 1 + a * math.exp(-(len(items) - 1 - pos) / tau) for pos, it in enumerate(items)}
+        want = [float(sum(w.get(m, 0.0) * B_ref[m][j] for m in range(EASE_N))) for j in range(EASE_N)]
+        assert got[u, 1:].tolist() == pytest.approx(want, abs=1e-5), f"user {u}"
+    # user 2 (raw 3: items 1, 2, 3): the latest item weighs 1 + a, the first 1 + a e^(-2 / tau)
+    x = ease_ds.seen_matrix(a, tau)[2].toarray()[0]
+    assert x[1:4].tolist() == pytest.approx([1 + a * math.exp(-2 / tau), 1 + a * math.exp(-1 / tau), 1 + a])
+    assert torch.equal(EASERecommender(B, ease_ds, recency=0.0).score(users), EASERecommender(B, ease_ds).score(users))
+
+
 class _RiggedScores:
     """Scores that put padding first and the user's own items next: top_k must skip all of them."""
 
@@ -380,6 +398,7 @@ def test_make_batch_shared_and_logq(skewed_ds):
 DEMO_USERS = 200
 FLAG_RUNS = {
     "ease": ["--model", "ease", "--l2", "100"],
+    "ease-recency": ["--model", "ease", "--l2", "100", "--recency", "2", "--recency-tau", "5"],
     "ce": ["--loss", "ce"],
     "sampled": ["--loss", "sampled", "--negatives", "32"],
     "sampled-pop-logq": ["--loss", "sampled", "--negatives", "32", "--sampled-dist", "pop", "--logq"],
@@ -388,7 +407,7 @@ FLAG_RUNS = {
     "preln-finalln-untied": ["--pre-ln", "--final-ln", "--no-tied"],
     "bpr4": ["--negatives", "4", "--loss", "bpr"],
 }
-INFERENCE_RUNS = ("ease", "preln-finalln-untied")
+INFERENCE_RUNS = ("ease", "ease-recency", "preln-finalln-untied")
 
 
 @pytest.fixture(scope="module")
@@ -423,7 +442,7 @@ def test_flag_trains_end_to_end(flag_runs, name):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert len(records) == 1 and records[0]["epoch"] == 0
     rec = records[0]
-    if name == "ease":
+    if name.startswith("ease"):
         assert "recall@10" in rec and math.isfinite(rec["recall@10"]) and 0 <= rec["recall@10"] <= 1
     else:
         assert math.isfinite(rec["loss"]) and rec["loss"] > 0
