@@ -31,9 +31,20 @@ from common.recommend import MODEL_TYPES, EASERecommender, PopRecommender, SASRe
 from common.utils import pick_device, set_seed
 
 
+# Named recipes that measured best (README, "Measured results"); flags given beside --preset override them.
+PRESETS = {
+    "bpr-full": {"model": "sasrec", "loss": "bpr", "history": "windows", "negatives": 16,
+                 "dropout_attn": 0.2, "dropout_hidden": 0.2},
+    "ce-full": {"model": "sasrec", "loss": "ce", "history": "windows"},
+    "ease-recent": {"model": "ease", "l2": 500.0, "recency": 2.0, "recency_tau": 10.0},
+}
+
+
 @dataclass
 class TrainConfig:
     data: str = field(default="data/demo", metadata={"help": "preprocessed dataset folder"})
+    preset: str = field(default="", metadata={"choices": ("", *PRESETS), "help": "a named recipe: " + "; ".join(
+        f"{k}: " + " ".join(f"{f}={v}" for f, v in p.items()) for k, p in PRESETS.items())})
     model: str = field(default="sasrec", metadata={"choices": MODEL_TYPES})
     loss: str = field(default="bce", metadata={"choices": tuple(LOSSES)})
     history: str = field(default="last", metadata={"choices": HISTORY_MODES,
@@ -89,6 +100,8 @@ def run_name(cfg: TrainConfig, ds: Dataset) -> str:
         return cfg.run_name
     if cfg.stage == "pretrain":
         return f"{ds.name}-s3rec-pretrain-s{cfg.seed}"
+    if cfg.preset:
+        return f"{ds.name}-{cfg.preset}{'-pt' if cfg.init_from else ''}-s{cfg.seed}"
     parts = [ds.name, cfg.model]
     if cfg.model == "ease":
         parts.append(f"l{cfg.l2:g}")
@@ -255,7 +268,7 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
 
 
 def main():
-    cfg = parse_config(TrainConfig, description=__doc__)
+    cfg = parse_config(TrainConfig, description=__doc__, presets=PRESETS)
     set_seed(cfg.seed)
     ds = Dataset(Path(cfg.data))
     if cfg.stage == "pretrain" and (cfg.model != "sasrec" or cfg.init_from):

@@ -2,7 +2,8 @@
 
 Every script declares one dataclass. `parse_config` turns each field into a
 `--field-name` flag of the field's type; an unknown flag is an error. A field
-whose metadata has `positional=True` becomes a positional argument.
+whose metadata has `positional=True` becomes a positional argument. Named
+presets bundle several field values under one `--preset` flag.
 """
 from __future__ import annotations
 
@@ -51,10 +52,18 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(cls, argv=None, description: str = ""):
-    """Defaults of `cls`, overridden by `argv` flags. Unknown flags exit with an error."""
-    ns = build_parser(cls, description).parse_args(argv)
-    return cls(**vars(ns))
+def parse_config(cls, argv=None, description: str = "", presets: dict | None = None):
+    """Defaults of `cls`, overridden by `argv` flags. Unknown flags exit with an error.
+
+    With `presets` ({name: {field: value}}), `cls` has a `preset` field: the chosen preset's values
+    replace the defaults, and flags given explicitly still override them.
+    """
+    parser = build_parser(cls, description)
+    if presets:
+        chosen = parser.parse_args(argv).preset
+        if chosen:
+            parser.set_defaults(**presets[chosen])
+    return cls(**vars(parser.parse_args(argv)))
 
 
 def config_dict(cfg) -> dict:

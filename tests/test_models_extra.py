@@ -399,6 +399,7 @@ DEMO_USERS = 200
 FLAG_RUNS = {
     "ease": ["--model", "ease", "--l2", "100"],
     "ease-recency": ["--model", "ease", "--l2", "100", "--recency", "2", "--recency-tau", "5"],
+    "preset-ease": ["--preset", "ease-recent", "--l2", "100"],
     "ce": ["--loss", "ce"],
     "sampled": ["--loss", "sampled", "--negatives", "32"],
     "sampled-pop-logq": ["--loss", "sampled", "--negatives", "32", "--sampled-dist", "pop", "--logq"],
@@ -442,12 +443,14 @@ def test_flag_trains_end_to_end(flag_runs, name):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert len(records) == 1 and records[0]["epoch"] == 0
     rec = records[0]
-    if name.startswith("ease"):
+    if name.startswith(("ease", "preset-ease")):
         assert "recall@10" in rec and math.isfinite(rec["recall@10"]) and 0 <= rec["recall@10"] <= 1
     else:
         assert math.isfinite(rec["loss"]) and rec["loss"] > 0
         assert math.isfinite(rec["recall@10"])
     cfg = json.loads((run_dir / "config.json").read_text())
+    if name == "preset-ease":  # the preset's other values, under the explicit --l2
+        assert (cfg["model"], cfg["recency"], cfg["recency_tau"]) == ("ease", 2.0, 10.0)
     flags = FLAG_RUNS[name]
     for flag, value in zip(flags, flags[1:] + [None]):  # each flag landed in the saved config
         if not flag.startswith("--"):
