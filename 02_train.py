@@ -28,7 +28,7 @@ from common.losses import LOSSES
 from common.model import SASRec, SASRecArgs
 from common.pretrain import PretrainConfig, fit_pretrain, load_pretrained_encoder
 from common.recommend import MODEL_TYPES, EASERecommender, PopRecommender, SASRecRecommender, evaluate, save_checkpoint
-from common.utils import pick_device, set_seed
+from common.utils import optimizer_step, pick_device, set_seed
 
 
 # Named recipes that measured best (README, "Measured results"); flags given beside --preset override them.
@@ -89,10 +89,6 @@ class TrainConfig:
     run_name: str = field(default="", metadata={"help": "default: <dataset>-<model>[-<loss>][-<history>]-s<seed>"})
     resume: bool = field(default=False, metadata={"help": "continue the run from its last.pt"})
     progress: bool = field(default=True, metadata={"help": "show tqdm bars"})
-
-
-class TrainingError(InputError):
-    """Training cannot go on (a non-finite loss); the message says what was kept."""
 
 
 def run_name(cfg: TrainConfig, ds: Dataset) -> str:
@@ -233,15 +229,8 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
         bar = tqdm(range(0, len(ends), cfg.batch_size), desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
         for s in bar:
             batch = make_batch(ds, ends[s:s + cfg.batch_size], sampler, cfg, device)
-            loss = train_loss(model, batch, cfg.loss)
-            if not torch.isfinite(loss):
-                kept = best_path if best_path.exists() else "none"
-                raise TrainingError(f"loss became {loss.item()} at epoch {epoch} step {steps}; "
-                                    f"last good checkpoint: {kept}. Lower --lr or check the data")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, steps = total + loss.item(), steps + 1
+            value = optimizer_step(opt, train_loss(model, batch, cfg.loss), f"epoch {epoch} step {steps}", best_path)
+            total, steps = total + value, steps + 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
         record = {"epoch": epoch, "loss": total / max(steps, 1)}
         improved = not ds.has_holdout

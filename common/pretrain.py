@@ -40,6 +40,7 @@ from common.data import Dataset
 from common.io import InputError, append_jsonl, keep_epochs_before
 from common.model import PAD, SASRec, SASRecArgs
 from common.recommend import check_dataset_matches, load_checkpoint, save_checkpoint
+from common.utils import optimizer_step
 
 OBJECTIVES = ("aap", "mip", "map", "sp")
 ARCHITECTURE_FIELDS = ("n_items", "hidden", "layers", "heads", "max_len", "pre_ln", "final_ln", "tied")
@@ -55,10 +56,6 @@ class PretrainConfig:
 
     def weights(self) -> dict:
         return {name: float(getattr(self, f"{name}_weight")) for name in OBJECTIVES}
-
-
-class PretrainingError(InputError):
-    """Pretraining cannot go on (a non-finite loss); the message says what was kept."""
 
 
 # ---------------------------------------------------------------- the model
@@ -359,14 +356,8 @@ def fit_pretrain(cfg: PretrainConfig, ds: Dataset, out: Path, device: torch.devi
             batch = make_pretrain_batch(ds, batch_ends, rng, model_args.max_len, cfg.mask_prob, multi_hot, sampler)
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, values = pretrain_loss(pretrainer, batch, weights)
-            if not torch.isfinite(loss):
-                kept = path if path.exists() else "none"
-                raise PretrainingError(f"pretraining loss became {loss.item()} at epoch {epoch} step {steps} "
-                                       f"({json.dumps(values)}); last good checkpoint: {kept}. Lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, steps = total + loss.item(), steps + 1
+            value = optimizer_step(opt, loss, f"pretraining epoch {epoch} step {steps} ({json.dumps(values)})", path)
+            total, steps = total + value, steps + 1
             for name, value in values.items():
                 sums[name] += value or 0.0
             bar.set_postfix(loss=f"{total / steps:.4f}")

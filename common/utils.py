@@ -7,6 +7,12 @@ import sys
 
 import numpy as np
 
+from common.io import InputError
+
+
+class TrainingError(InputError):
+    """Training cannot go on (a non-finite loss); the message says which checkpoint was kept."""
+
 
 def set_seed(seed: int) -> None:
     """Seed Python, numpy and torch (if loaded) from one value."""
@@ -25,3 +31,19 @@ def pick_device(name: str = "auto", threads: int = 0):
     if name == "cpu":
         torch.set_num_threads(threads or os.cpu_count() or 1)
     return torch.device(name)
+
+
+def optimizer_step(opt, loss, where: str, kept, hint: str = "lower --lr or check the data") -> float:
+    """Back-propagate `loss` and step `opt`; returns the loss value.
+
+    A NaN or infinite loss raises TrainingError before any weight changes, naming `where` it happened
+    and the last good checkpoint `kept` (a path, or none when it does not exist yet).
+    """
+    value = loss.item()
+    if not loss.isfinite():
+        kept = kept if kept is not None and os.path.exists(kept) else "none"
+        raise TrainingError(f"loss became {value} at {where}; last good checkpoint: {kept}. {hint.capitalize()}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return value

@@ -16,11 +16,12 @@ from common.batches import window_ends
 from common.data import Dataset, build_dataset
 from common.io import InputError
 from common.model import SASRec, SASRecArgs
-from common.pretrain import (PretrainConfig, PretrainingError, S3RecPretrainer, aap_loss, attribute_bce,
+from common.pretrain import (PretrainConfig, S3RecPretrainer, aap_loss, attribute_bce,
                              attribute_multi_hot, batch_bounds, epoch_batches, fit_pretrain, load_pretrained_encoder,
                              make_pretrain_batch, map_loss, mip_loss, pretrain_loss, sp_loss)
 from common.readers import RawData
 from common.recommend import load_checkpoint
+from common.utils import TrainingError
 from conftest import assert_one_line_error, describe, run_script
 
 N_ITEMS = 30
@@ -347,7 +348,7 @@ def test_non_finite_loss_stops_with_a_clear_error(ds, tmp_path, monkeypatch):
     def nan_loss(pretrainer, batch, weights):
         return pretrainer.mask_emb.sum() * float("nan"), {k: float("nan") for k in weights}
     monkeypatch.setattr(pretrain_mod, "pretrain_loss", nan_loss)
-    with pytest.raises(PretrainingError, match="loss became nan at epoch 0 step 0"):
+    with pytest.raises(TrainingError, match="loss became nan at pretraining epoch 0 step 0"):
         run_fit(ds, tmp_path / "nan", 1)
 
 

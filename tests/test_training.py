@@ -412,3 +412,22 @@ def test_ml_latest_small_end_to_end(ml_ds, loss, tmp_path):
     seen = {int(ds.user_raw[u]): set(ds.item_raw[ds.sequence(u)].tolist()) for u in range(ds.n_users)}
     overlap = [(u, i) for u, i in zip(sub["user"], sub["item"]) if i in seen[u]]
     assert not overlap, f"{len(overlap)} recommended items are already in the user's history, e.g. {overlap[:3]}"
+
+
+def test_non_finite_loss_stops_before_any_weight_changes(tmp_path):
+    from common.utils import TrainingError, optimizer_step
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in layer.parameters()]
+    for bad in (float("nan"), float("inf")):
+        loss = layer(torch.ones(1, 3)).sum().abs() * bad
+        with pytest.raises(TrainingError, match=f"loss became {bad} at epoch 3 step 7; last good checkpoint: none"):
+            optimizer_step(opt, loss, "epoch 3 step 7", tmp_path / "checkpoint.pt")
+    assert all(torch.equal(a, p) for a, p in zip(before, layer.parameters())), "a non-finite loss changed weights"
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    with pytest.raises(TrainingError, match="checkpoint.pt. Lower --lr") as e:
+        optimizer_step(opt, layer(torch.ones(1, 3)).sum() * float("nan"), "epoch 0 step 0", tmp_path / "checkpoint.pt")
+    assert "\n" not in str(e.value)
+    assert optimizer_step(opt, layer(torch.ones(1, 3)).sum() ** 2, "epoch 0 step 1", None) >= 0
+    assert not all(torch.equal(a, p) for a, p in zip(before, layer.parameters())), "a finite loss steps"
