@@ -6,7 +6,7 @@ DATA ?= data/demo
 SEEDS ?= 1 2 3
 EPOCHS ?= 200
 
-.PHONY: setup demo test seeds clean-demo
+.PHONY: setup demo test seeds recipe clean-demo
 TRAIN_ARGS ?=
 TAG ?= sasrec
 
@@ -41,6 +41,15 @@ test: setup
 # Train + infer every seed in SEEDS, then blend them: SEEDS="1 2 3" make seeds DATA=data/ml-latest-small
 seeds: setup
 	DATA=$(DATA) TAG=$(TAG) TRAIN_ARGS="$(TRAIN_ARGS)" PY=$(PY) scripts/seeds.sh $(SEEDS)
+
+# EASE + a sequential model over SEEDS, blended: make recipe DATA=data/Beauty SEQ_ARGS="--preset ce-full"
+SEQ_ARGS ?= --preset ce-full
+EASE_ARGS ?= --preset ease-recent
+EASE_WEIGHT ?= 1
+SEQ_WEIGHT ?= 1
+recipe: setup
+	DATA=$(DATA) PY=$(PY) SEQ_ARGS="$(SEQ_ARGS)" EASE_ARGS="$(EASE_ARGS)" EASE_WEIGHT=$(EASE_WEIGHT) \
+		SEQ_WEIGHT=$(SEQ_WEIGHT) scripts/recipe.sh $(SEEDS)
 
 clean-demo:
 	rm -rf data/raw/demo data/demo submissions/demo-*

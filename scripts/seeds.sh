@@ -4,11 +4,12 @@
 #   scripts/seeds.sh 1 2 3
 #   DATA=data/ml-latest-small TAG=bce TRAIN_ARGS="--loss bce --history windows" scripts/seeds.sh 1 2 3
 #
-# Writes submissions/<dataset>-<TAG>-s<seed>.csv per seed and submissions/<dataset>-<TAG>-seeds.csv.
+# Writes $SUBS/<dataset>-<TAG>-s<seed>.csv per seed and $SUBS/<dataset>-<TAG>-seeds.csv (SUBS: submissions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-data/demo}
 PY=${PY:-.venv/bin/python}
+SUBS=${SUBS:-submissions}
 TAG=${TAG:-sasrec}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 [ $# -gt 0 ] || { echo "usage: scripts/seeds.sh SEED [SEED ...]" >&2; exit 2; }
@@ -18,7 +19,7 @@ for seed in "$@"; do
   run="${name}-${TAG}-s${seed}"
   # shellcheck disable=SC2086
   $PY 02_train.py --data "$DATA" --seed "$seed" --run-name "$run" --no-progress $TRAIN_ARGS
-  $PY 03_inference.py "$DATA/runs/$run/checkpoint.pt" --seed "$seed"
-  files+=("submissions/$run.top100.csv")
+  $PY 03_inference.py "$DATA/runs/$run/checkpoint.pt" --seed "$seed" --out-dir "$SUBS"
+  files+=("$SUBS/$run.top100.csv")
 done
-$PY 04_ensemble.py "${files[@]}" --method score --data "$DATA" --out "submissions/${name}-${TAG}-seeds.csv"
+$PY 04_ensemble.py "${files[@]}" --method score --data "$DATA" --out "$SUBS/${name}-${TAG}-seeds.csv"

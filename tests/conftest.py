@@ -121,3 +121,18 @@ def load_train_module():
         sys.modules[name] = mod  # dataclasses look their module up while the file runs
         spec.loader.exec_module(mod)
     return sys.modules[name]
+
+
+def make_small_demo(tmp: Path, n_users: int, seed: int = 0) -> Path:
+    """Synthetic demo data cut to its first `n_users` users, preprocessed with the scripts; returns the dataset."""
+    import numpy as np
+    import pandas as pd
+    p = run_script("00_make_demo.py", "--out", tmp / "raw", "--seed", str(seed))
+    assert p.returncode == 0, describe(p)
+    ratings_path = tmp / "raw" / "train_ratings.csv"
+    ratings = pd.read_csv(ratings_path)
+    keep = np.sort(ratings["user"].unique())[:n_users]
+    ratings[ratings["user"].isin(keep)].to_csv(ratings_path, index=False)
+    p = run_script("01_preprocess.py", "--input", tmp / "raw", "--out", tmp / "ds")
+    assert p.returncode == 0, describe(p)
+    return tmp / "ds"

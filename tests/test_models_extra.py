@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, describe, load_train_module, run_script, run_scripts
+from conftest import ROOT, describe, load_train_module, make_small_demo, run_script, run_scripts
 
 from common.batches import NegativeSampler
 from common.data import Dataset, build_dataset
@@ -414,15 +414,7 @@ INFERENCE_RUNS = ("ease", "ease-recency", "preln-finalln-untied")
 @pytest.fixture(scope="module")
 def flag_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("flags")
-    p = run_script("00_make_demo.py", "--out", tmp / "raw", "--seed", "1")
-    assert p.returncode == 0, describe(p)
-    ratings_path = tmp / "raw" / "train_ratings.csv"
-    ratings = pd.read_csv(ratings_path)
-    keep = np.sort(ratings["user"].unique())[:DEMO_USERS]
-    ratings[ratings["user"].isin(keep)].to_csv(ratings_path, index=False)
-    p = run_script("01_preprocess.py", "--input", tmp / "raw", "--out", tmp / "ds")
-    assert p.returncode == 0, describe(p)
-    ds = tmp / "ds"
+    ds = make_small_demo(tmp, DEMO_USERS, seed=1)
     base = ["--data", ds, "--epochs", "1", "--hidden", "16", "--no-progress"]
     names = list(FLAG_RUNS)
     procs = run_scripts(*[["02_train.py", *base, "--run-name", n, *FLAG_RUNS[n]] for n in names])

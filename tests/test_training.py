@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, load_train_module
+from conftest import ROOT, load_train_module, make_small_demo
 
 from common.batches import NegativeSampler, gather_windows, window_ends  # noqa: E402
 from common.data import Dataset, build_dataset, pad_rows  # noqa: E402
@@ -282,14 +282,7 @@ def test_tiny_sasrec_overfits_one_batch(loss):
 @pytest.fixture(scope="module")
 def demo_ds(tmp_path_factory) -> Path:
     """Synthetic demo data cut to DEMO_USERS users, preprocessed with the scripts."""
-    tmp = tmp_path_factory.mktemp("demo")
-    run_script("00_make_demo.py", "--out", tmp / "raw")
-    ratings_path = tmp / "raw" / "train_ratings.csv"
-    ratings = pd.read_csv(ratings_path)
-    keep = np.sort(ratings["user"].unique())[:DEMO_USERS]
-    ratings[ratings["user"].isin(keep)].to_csv(ratings_path, index=False)
-    run_script("01_preprocess.py", "--input", tmp / "raw", "--out", tmp / "ds")
-    return tmp / "ds"
+    return make_small_demo(tmp_path_factory.mktemp("demo"), DEMO_USERS)
 
 
 @pytest.fixture(scope="module")
