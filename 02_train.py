@@ -34,7 +34,7 @@ from common.utils import optimizer_step, pick_device, set_seed
 # Named recipes that measured best (README, "Measured results"); flags given beside --preset override them.
 PRESETS = {
     "bpr-full": {"model": "sasrec", "loss": "bpr", "history": "windows", "negatives": 16,
-                 "dropout_attn": 0.2, "dropout_hidden": 0.2},
+                 "dropout_attn": 0.2, "dropout_hidden": 0.2, "pre_ln": True, "final_ln": True},
     "ce-full": {"model": "sasrec", "loss": "ce", "history": "windows"},
     "ease-recent": {"model": "ease", "l2": 500.0, "recency": 2.0, "recency_tau": 10.0},
 }

@@ -32,7 +32,7 @@ RECIPES = {
     "ease-recency": ["--model", "ease", "--l2", "500", "--recency", "2", "--recency-tau", "10"],
     "sasrec-bce": ["--loss", "bce", "--history", "windows"],
     "sasrec-bpr": ["--loss", "bpr", "--history", "windows", "--negatives", "16",
-                   "--dropout-attn", "0.2", "--dropout-hidden", "0.2"],
+                   "--dropout-attn", "0.2", "--dropout-hidden", "0.2", "--pre-ln", "--final-ln"],
     "sasrec-ce": ["--loss", "ce", "--history", "windows"],
 }
 # Blend weights are fixed in advance (not tuned on the splits they are scored on).
