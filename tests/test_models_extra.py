@@ -6,10 +6,8 @@ Reference values are computed independently (fractions, plain `math`), never by 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from fractions import Fraction
 
 import numpy as np
@@ -18,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, describe, load_train_module, make_small_demo, run_script, run_scripts
+from conftest import describe, load_train_module, make_small_demo, run_scripts
 
 from common.batches import NegativeSampler
 from common.data import Dataset, build_dataset

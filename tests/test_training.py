@@ -1,7 +1,6 @@
 """Training: negative sampling, training windows, the loss step, and 02_train.py / 03_inference.py end to end."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
