@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import parse_config, save_config
-from common.data import build_dataset
+from common.data import NOT_A_YEAR, build_dataset
 from common.io import run_main
 from common.readers import FORMATS, read_raw
 from common.utils import set_seed
@@ -45,7 +45,7 @@ def main():
         print(f"note: {s.single_interaction_users:,} users have a single interaction (kept, no training pair)")
     for kind, n in s.side_rows_dropped.items():
         if n:
-            what = "rows ignored" if "(" in kind else "rows for items without interactions were ignored"
+            what = "rows ignored" if kind == NOT_A_YEAR else "rows for items without interactions were ignored"
             print(f"note: {kind}: {n:,} {what}")
     held = f"{s.n_holdout:,} held-out rows for {s.n_holdout_users:,} users" if cfg.holdout else "no hold-out"
     print(f"train {s.n_train:,} rows, {held}")

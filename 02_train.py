@@ -275,8 +275,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
     if cfg.stage == "pretrain":
-        pcfg = PretrainConfig(aap_weight=cfg.aap_weight, mip_weight=cfg.mip_weight, map_weight=cfg.map_weight,
-                              sp_weight=cfg.sp_weight, mask_prob=cfg.mask_prob)
+        pcfg = PretrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PretrainConfig)})
         fit_pretrain(pcfg, ds, out, device, model_args(cfg, ds), cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed,
                      cfg.progress, cfg.resume, history=cfg.history, config=config_dict(cfg))
     elif cfg.model in ("pop", "ease"):

@@ -29,11 +29,10 @@ RECIPES = {
     "pop": ["--model", "pop"],
     "ease": ["--model", "ease", "--l2", "500"],
     "ease-l50": ["--model", "ease", "--l2", "50"],
-    "ease-recency": ["--model", "ease", "--l2", "500", "--recency", "2", "--recency-tau", "10"],
+    "ease-recency": ["--preset", "ease-recent"],
     "sasrec-bce": ["--loss", "bce", "--history", "windows"],
-    "sasrec-bpr": ["--loss", "bpr", "--history", "windows", "--negatives", "16",
-                   "--dropout-attn", "0.2", "--dropout-hidden", "0.2", "--pre-ln", "--final-ln"],
-    "sasrec-ce": ["--loss", "ce", "--history", "windows"],
+    "sasrec-bpr": ["--preset", "bpr-full"],
+    "sasrec-ce": ["--preset", "ce-full"],
 }
 # Blend weights are fixed in advance (not tuned on the splits they are scored on).
 BLENDS = {  # name: (recipes, weights, 04_ensemble arguments)

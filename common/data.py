@@ -32,6 +32,7 @@ from common.readers import RawData
 FORMAT_VERSION = 1
 MIN_TRAIN_LEFT = 3  # a held-out user keeps at least this many training interactions
 DECADE = 10
+NOT_A_YEAR = "years (not a number)"  # side_rows_dropped key for year values that are not numbers
 ATTRIBUTE_KINDS = ("genres", "years", "directors", "writers", "attributes")
 
 
@@ -91,7 +92,7 @@ def build_attributes(raw: RawData, item_raw: np.ndarray):
         if kind == "years":
             year = pd.to_numeric(df["value"], errors="coerce")
             ok = year.notna().to_numpy()
-            dropped["years (not a number)"] = int((~ok).sum())
+            dropped[NOT_A_YEAR] = int((~ok).sum())
             df, year = df[ok], year[ok]
             values = [f"{int(y) // DECADE * DECADE}s" for y in year]
         dense = np.searchsorted(item_raw[1:], df["item"].to_numpy()) + 1
@@ -211,7 +212,7 @@ class Dataset:
     def sequence(self, u: int) -> np.ndarray:
         return self.items[self.indptr[u]:self.indptr[u + 1]]
 
-    def seen_matrix(self, recency: float = 0.0, tau: float = 1.0):
+    def seen_matrix(self, recency: float = 0.0, tau: float = 10.0):
         """Sparse [n_users, n_items + 1] matrix of training interactions.
 
         Entries are 1, or with `recency` > 0, 1 + recency · exp(-r / tau) where r is 0 for the user's

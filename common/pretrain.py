@@ -74,10 +74,6 @@ class S3RecPretrainer(nn.Module):
             self.encoder._init(m)
         nn.init.normal_(self.mask_emb, std=args.init_std)
 
-    @property
-    def n_attributes(self) -> int:
-        return self.attr_emb.num_embeddings - 1
-
     def attributes(self) -> torch.Tensor:
         return self.attr_emb.weight[1:]  # [A, H], attribute id a is row a - 1
 

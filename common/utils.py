@@ -33,7 +33,7 @@ def pick_device(name: str = "auto", threads: int = 0):
     return torch.device(name)
 
 
-def optimizer_step(opt, loss, where: str, kept, hint: str = "lower --lr or check the data") -> float:
+def optimizer_step(opt, loss, where: str, kept) -> float:
     """Back-propagate `loss` and step `opt`; returns the loss value.
 
     A NaN or infinite loss raises TrainingError before any weight changes, naming `where` it happened
@@ -42,7 +42,7 @@ def optimizer_step(opt, loss, where: str, kept, hint: str = "lower --lr or check
     value = loss.item()
     if not loss.isfinite():
         kept = kept if kept is not None and os.path.exists(kept) else "none"
-        raise TrainingError(f"loss became {value} at {where}; last good checkpoint: {kept}. {hint.capitalize()}")
+        raise TrainingError(f"loss became {value} at {where}; last good checkpoint: {kept}. Lower --lr or check the data")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -26,9 +26,10 @@ $PY 03_inference.py "$DATA/runs/$ease/checkpoint.pt" --out-dir "$SUBS"
 DATA="$DATA" PY="$PY" SUBS="$SUBS" TAG=recipe-seq TRAIN_ARGS="$SEQ_ARGS" scripts/seeds.sh "$@"
 files=("$SUBS/$ease.top100.csv")
 weights=("$EASE_WEIGHT")
+per_seed=$($PY -c "print($SEQ_WEIGHT / $#)")
 for seed in "$@"; do
   files+=("$SUBS/${name}-recipe-seq-s${seed}.top100.csv")
-  weights+=("$($PY -c "print($SEQ_WEIGHT / $#)")")
+  weights+=("$per_seed")
 done
 $PY 04_ensemble.py "${files[@]}" --weights "${weights[@]}" --method score --norm zscore --data "$DATA" \
   --out "$SUBS/${name}-recipe.csv"
