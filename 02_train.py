@@ -2,7 +2,9 @@
 
 Models: pop (most popular), ease (closed-form item-item, --l2, --recency), sasrec (S3-Rec's fine-tuning
 model) with --loss bce (the baseline), bpr, ce (softmax over all items) or sampled (shared negatives).
---preset names a recipe that measured best (ease-recent, bpr-full, ce-full); flags beside it win.
+--history holdout trains on simulated hidden sets: the next items after a random cut plus randomly
+dropped earlier ones, predicted together from the rest (--holdout-last, --holdout-random).
+--preset names a recipe that measured best (ease-recent, bpr-full, ce-full, holdout-ce); flags beside it win.
 --stage pretrain trains the encoder with S3-Rec's self-supervised objectives (AAP, MIP, MAP, SP) on the
 item-attribute table; --init-from <that run> starts fine-tuning from it.
 With a local hold-out every epoch is scored (Recall@10, NDCG@10), the best epoch is kept and training
@@ -21,7 +23,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.batches import HISTORY_MODES, NegativeSampler, gather_future, gather_windows, window_ends
+from common.batches import (HISTORY_MODES, MIN_INPUT, NegativeSampler, epoch_batches, gather_future, gather_windows,
+                            holdout_cuts, holdout_examples, holdout_users, window_ends)
 from common.config import config_dict, parse_config, save_config
 from common.data import Dataset
 from common.io import InputError, append_jsonl, keep_epochs_before, run_main
@@ -37,6 +40,8 @@ PRESETS = {
     "bpr-full": {"model": "sasrec", "loss": "bpr", "history": "windows", "negatives": 16,
                  "dropout_attn": 0.2, "dropout_hidden": 0.2, "pre_ln": True, "final_ln": True},
     "ce-full": {"model": "sasrec", "loss": "ce", "history": "windows"},
+    "holdout-ce": {"model": "sasrec", "loss": "ce", "history": "holdout", "dropout_attn": 0.2,
+                   "dropout_hidden": 0.2, "pre_ln": True, "final_ln": True, "batch_size": 128, "max_len": 200},
     "ease-recent": {"model": "ease", "l2": 500.0, "recency": 2.0, "recency_tau": 10.0},
 }
 
@@ -49,7 +54,11 @@ class TrainConfig:
     model: str = field(default="sasrec", metadata={"choices": MODEL_TYPES})
     loss: str = field(default="bce", metadata={"choices": tuple(LOSSES)})
     history: str = field(default="last", metadata={"choices": HISTORY_MODES,
-                                                   "help": "last max_len items, all windows, or random crops"})
+                                                   "help": "last max_len items, all windows, random crops, or "
+                                                           "simulated hidden sets (holdout)"})
+    holdout_last: int = field(default=5, metadata={"help": "history holdout: next items hidden per example"})
+    holdout_random: int = field(default=5, metadata={"help": "history holdout: earlier items dropped and hidden"})
+    holdout_samples: int = field(default=8, metadata={"help": "history holdout: examples per user per epoch"})
     horizon: int = field(default=1, metadata={"help": "targets per position: the next K items (1: next item only)"})
     negatives: int = field(default=1, metadata={"help": "negatives per target (bce, bpr) or per batch (sampled)"})
     sampled_dist: str = field(default="uniform", metadata={"choices": ("uniform", "pop"),
@@ -119,7 +128,8 @@ def model_args(cfg: TrainConfig, ds: Dataset) -> SASRecArgs:
 
 
 def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
-    """Loss over the non-padded target positions of a batch {input, target, negatives | shared, log_q}."""
+    """Loss over the non-padded target positions of a batch {input, target, future?, exclude?,
+    negatives | shared, log_q?}. `exclude` [B, L, E] lists items a full softmax leaves out per position."""
     spec = LOSSES[loss_name]
     h = model(batch["input"])  # [B, L, H]
     mask = batch["target"] != 0  # [B, L]
@@ -128,6 +138,8 @@ def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     if spec.kind == "full":
         logits = model.score_all(h)  # [N, V]
         logits = logits.index_fill(1, torch.tensor([0], device=h.device), -math.inf)
+        if "exclude" in batch:  # the items the position reads: never an answer, as at inference
+            logits = logits.scatter(1, batch["exclude"][mask], -math.inf)
         return spec.fn(logits, target if future is None else future)
     if future is not None:  # one (position, future item) pair per target, in row-major order
         rows, k = torch.nonzero(future, as_tuple=True)
@@ -144,13 +156,45 @@ def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     return spec.fn(pos, neg)
 
 
-def make_batch(ds: Dataset, ends: np.ndarray, sampler: NegativeSampler, cfg: TrainConfig, device) -> dict:
-    inp, target, user = gather_windows(ds.indptr, ds.items, ends, cfg.max_len)
-    batch = {"input": inp, "target": target, "user": user}
-    mask = target != 0
-    users_per_target = np.broadcast_to(user[:, None], target.shape)[mask]  # [N]
-    if cfg.horizon > 1:
-        batch["future"] = gather_future(ds.indptr, ds.items, ends, cfg.max_len, cfg.horizon)  # [B, L, K]
+def training_batches(ds: Dataset, cfg: TrainConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """This epoch's batches in random order: window ends, or cuts of simulated hidden sets (history
+    holdout, batched by input length so that short histories are not padded to max_len)."""
+    if cfg.history == "holdout":
+        users = np.repeat(holdout_users(ds.indptr, cfg.holdout_last, cfg.holdout_random), cfg.holdout_samples)
+        cuts = holdout_cuts(ds.indptr, users, cfg.holdout_last, cfg.holdout_random, rng)
+        return epoch_batches(ds.indptr, cuts, cfg.max_len, cfg.batch_size, rng)
+    ends = window_ends(ds.indptr, cfg.max_len, cfg.history, rng)
+    ends = ends[rng.permutation(len(ends))]
+    return [ends[s:s + cfg.batch_size] for s in range(0, len(ends), cfg.batch_size)]
+
+
+def holdout_batch(ds: Dataset, cuts: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> dict:
+    """Simulated hidden sets as a batch whose only target position is the last one, without the
+    columns that are padding in every row (positions count from the end, so outputs are unchanged)."""
+    inp, targets, user = holdout_examples(ds.indptr, ds.items, cuts, rng, cfg.max_len, cfg.holdout_last,
+                                          cfg.holdout_random)  # [B, L], [B, K], [B]
+    inp = inp[:, int(np.argmax((inp != 0).any(axis=0))):]  # [B, L'] every row has an input item
+    B, L = inp.shape
+    target = np.zeros((B, L), dtype=np.int64)
+    target[:, -1] = targets[:, 0]
+    future = np.zeros((B, L, targets.shape[1]), dtype=np.int64)
+    future[:, -1] = targets
+    exclude = np.zeros((B, L, L), dtype=np.int64)
+    exclude[:, -1] = inp
+    return {"input": inp, "target": target, "user": user, "future": future, "exclude": exclude}
+
+
+def make_batch(ds: Dataset, examples: np.ndarray, sampler: NegativeSampler, cfg: TrainConfig, device) -> dict:
+    if cfg.history == "holdout":
+        batch = holdout_batch(ds, examples, cfg, sampler.rng)
+    else:
+        inp, target, user = gather_windows(ds.indptr, ds.items, examples, cfg.max_len)
+        batch = {"input": inp, "target": target, "user": user}
+        if cfg.horizon > 1:
+            batch["future"] = gather_future(ds.indptr, ds.items, examples, cfg.max_len, cfg.horizon)  # [B, L, K]
+    mask = batch["target"] != 0
+    users_per_target = np.broadcast_to(batch["user"][:, None], mask.shape)[mask]  # [N]
+    if "future" in batch:
         future = batch["future"][mask]  # [N, K]
         users_per_target = np.broadcast_to(users_per_target[:, None], future.shape)[future != 0]  # [P]
     kind = LOSSES[cfg.loss].negatives
@@ -224,12 +268,10 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         model.train()
-        ends = window_ends(ds.indptr, cfg.max_len, cfg.history, rng)
-        ends = ends[rng.permutation(len(ends))]
         total, steps = 0.0, 0
-        bar = tqdm(range(0, len(ends), cfg.batch_size), desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
-        for s in bar:
-            batch = make_batch(ds, ends[s:s + cfg.batch_size], sampler, cfg, device)
+        bar = tqdm(training_batches(ds, cfg, rng), desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
+        for examples in bar:
+            batch = make_batch(ds, examples, sampler, cfg, device)
             value = optimizer_step(opt, train_loss(model, batch, cfg.loss), f"epoch {epoch} step {steps}", best_path)
             total, steps = total + value, steps + 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
@@ -267,6 +309,16 @@ def main():
         raise InputError(f"--init-from starts a sasrec model; --model {cfg.model} has no encoder to initialise")
     if not (cfg.recency >= 0 and cfg.recency_tau > 0):
         raise InputError(f"--recency must be >= 0 and --recency-tau > 0, got {cfg.recency} and {cfg.recency_tau}")
+    if cfg.history == "holdout":
+        if cfg.stage == "pretrain" or cfg.horizon > 1:
+            raise InputError("--history holdout sets its own targets; it does not combine with "
+                             + ("--stage pretrain (use last, windows or crops)" if cfg.stage == "pretrain" else "--horizon"))
+        if cfg.holdout_last < 1 or cfg.holdout_random < 0 or cfg.holdout_samples < 1:
+            raise InputError(f"--holdout-last must be >= 1, --holdout-random >= 0 and --holdout-samples >= 1, got "
+                             f"{cfg.holdout_last}, {cfg.holdout_random} and {cfg.holdout_samples}")
+        if len(holdout_users(ds.indptr, cfg.holdout_last, cfg.holdout_random)) == 0:
+            raise InputError(f"{ds.root}: no user has the {cfg.holdout_last + cfg.holdout_random + MIN_INPUT} training "
+                             "items a simulated hidden set needs; lower --holdout-last/--holdout-random")
     if cfg.model == "sasrec" and cfg.k > ds.n_items:
         raise InputError(f"--k {cfg.k} exceeds the {ds.n_items} items of {ds.root}")
     device = pick_device(cfg.device, cfg.threads)

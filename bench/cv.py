@@ -33,11 +33,15 @@ RECIPES = {
     "sasrec-bce": ["--loss", "bce", "--history", "windows"],
     "sasrec-bpr": ["--preset", "bpr-full"],
     "sasrec-ce": ["--preset", "ce-full"],
+    "sasrec-holdout": ["--preset", "holdout-ce"],
 }
 # Blend weights are fixed in advance (not tuned on the splits they are scored on).
 BLENDS = {  # name: (recipes, weights, 04_ensemble arguments)
     "ease+sasrec-ce": (["ease", "sasrec-ce"], [1.0, 0.1], ["--method", "score", "--norm", "zscore"]),
     "ease+sasrec-bpr": (["ease", "sasrec-bpr"], [1.0, 0.1], ["--method", "score", "--norm", "zscore"]),
+    "ease+sasrec-holdout": (["ease", "sasrec-holdout"], [1.0, 0.25], ["--method", "score", "--norm", "zscore"]),
+    "ease-recency+sasrec-holdout": (["ease-recency", "sasrec-holdout"], [1.0, 0.25],
+                                    ["--method", "score", "--norm", "zscore"]),
 }
 
 

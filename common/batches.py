@@ -7,6 +7,9 @@ History modes:
   last     one window per user, ending at the sequence's end (the baseline)
   windows  consecutive windows covering the whole history, from the end backwards
   crops    one window per user per epoch, ending at a uniformly drawn position
+  holdout  simulated hidden sets (`holdout_examples`): the model reads a user's history with some
+           items removed and predicts, at its last position, the next items plus the removed ones,
+           the way the competition hides the latest and some randomly dropped earlier items
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import numpy as np
 from common.data import Dataset
 from common.io import InputError
 
-HISTORY_MODES = ("last", "windows", "crops")
+HISTORY_MODES = ("last", "windows", "crops", "holdout")
+MIN_INPUT = 3  # a simulated hidden set leaves at least this many input items
 MAX_RESAMPLE_ROUNDS = 50
 
 
@@ -35,6 +39,78 @@ def window_ends(indptr: np.ndarray, max_len: int, mode: str, rng: np.random.Gene
         back = np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)  # 0 = latest window
         return ends[owner] - back * max_len
     raise ValueError(f"unknown history mode {mode!r}; choose from {HISTORY_MODES}")
+
+
+def holdout_users(indptr: np.ndarray, n_last: int, n_random: int) -> np.ndarray:
+    """Users long enough for a simulated hidden set of n_last + n_random items."""
+    return np.flatnonzero(np.diff(indptr) >= n_last + n_random + MIN_INPUT)
+
+
+def sample_subsets(size: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k distinct positions drawn uniformly from range(size[b]) for every row b: [B, k].
+
+    Floyd's algorithm, vectorised over rows: k draws, no per-row loop. Needs size >= k."""
+    chosen = np.empty((len(size), k), dtype=np.int64)
+    for i in range(k):
+        j = size - k + i  # [B]
+        t = (rng.random(len(size)) * (j + 1)).astype(np.int64)  # uniform in 0..j
+        taken = (chosen[:, :i] == t[:, None]).any(axis=1)
+        chosen[:, i] = np.where(taken, j, t)
+    return chosen
+
+
+def holdout_cuts(indptr: np.ndarray, users: np.ndarray, n_last: int, n_random: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """A uniformly drawn cut per entry of `users`, as a flat position: the simulated hidden set starts
+    there. A cut leaves n_last items after it and n_random + MIN_INPUT before it."""
+    start, length = indptr[users], indptr[users + 1] - indptr[users]  # [B]
+    lo = n_random + MIN_INPUT  # smallest cut, counted from the user's first item
+    return start + lo + (rng.random(len(users)) * (length - n_last - lo + 1)).astype(np.int64)  # [B]
+
+
+def holdout_examples(indptr: np.ndarray, items: np.ndarray, cuts: np.ndarray, rng: np.random.Generator,
+                     max_len: int, n_last: int, n_random: int):
+    """The simulated hidden set of each cut (from `holdout_cuts`).
+
+    The targets are the n_last items from the cut on and n_random items drawn uniformly from before
+    it; the input is the latest max_len items before the cut that were not drawn, left-padded.
+    Returns (input [B, L], targets [B, n_last + n_random], user [B])."""
+    user = np.searchsorted(indptr, cuts, side="right") - 1  # [B]; a cut is never a user's first item
+    start = indptr[user]
+    cut = cuts - start  # [B] position within the user's sequence
+    dropped = sample_subsets(cut, n_random, rng)  # [B, R] positions before the cut
+    width = max_len + n_random  # enough positions before the cut to leave max_len undropped ones
+    cand = cut[:, None] - width + np.arange(width)  # [B, L + R] positions just before the cut
+    keep = (cand >= 0) & ~(cand[:, :, None] == dropped[:, None, :]).any(axis=2)  # [B, L + R]
+    right = np.argsort(keep, axis=1, kind="stable")[:, n_random:]  # [B, L] kept positions move right, in order
+    pos, ok = np.take_along_axis(cand, right, 1), np.take_along_axis(keep, right, 1)  # [B, L]
+    inp = np.where(ok, items[start[:, None] + np.where(ok, pos, 0)], 0)  # [B, L]
+    nxt = cut[:, None] + np.arange(n_last)  # [B, n_last]
+    targets = items[start[:, None] + np.concatenate([nxt, dropped], axis=1)]  # [B, n_last + R]
+    return inp, targets, user
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each batch; a last batch of one row joins the previous one (SP needs two rows)."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def epoch_batches(indptr: np.ndarray, ends: np.ndarray, max_len: int, batch_size: int, rng: np.random.Generator,
+                  bucket: bool = True) -> list[np.ndarray]:
+    """This epoch's batches of window ends (or cuts), in random order.
+
+    With `bucket`, windows of similar length share a batch (random within a length): batches are
+    trimmed to their longest window, so short sequences no longer pay for max_len positions.
+    """
+    ends = ends[rng.permutation(len(ends))]
+    if bucket:
+        user = np.searchsorted(indptr, ends - 1, side="right") - 1
+        ends = ends[np.argsort(np.minimum(ends - indptr[user], max_len), kind="stable")]
+    bounds = batch_bounds(len(ends), batch_size)
+    return [ends[lo:hi] for lo, hi in (bounds[i] for i in rng.permutation(len(bounds)))]
 
 
 def _window_positions(indptr: np.ndarray, ends: np.ndarray, max_len: int):

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.batches import NegativeSampler, gather_windows, window_ends
+from common.batches import NegativeSampler, epoch_batches, gather_windows, window_ends
 from common.data import Dataset
 from common.io import InputError, append_jsonl, keep_epochs_before
 from common.model import PAD, SASRec, SASRecArgs
@@ -252,29 +252,6 @@ def make_pretrain_batch(ds: Dataset, ends: np.ndarray, rng: np.random.Generator,
         "sp_mask": sp_mask, "sp_pos": sp_pos, "sp_neg": sp_neg, "sp_other": other, "sp_valid": sp_valid,
     }
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-
-
-def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """[start, stop) of each batch; a last batch of one row joins the previous one (SP needs two rows)."""
-    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
-        bounds[-2:] = [(bounds[-2][0], n)]
-    return bounds
-
-
-def epoch_batches(indptr: np.ndarray, ends: np.ndarray, max_len: int, batch_size: int, rng: np.random.Generator,
-                  bucket: bool = True) -> list[np.ndarray]:
-    """This epoch's batches of window ends, in random order.
-
-    With `bucket`, windows of similar length share a batch (random within a length): batches are
-    trimmed to their longest window, so short sequences no longer pay for max_len positions.
-    """
-    ends = ends[rng.permutation(len(ends))]
-    if bucket:
-        user = np.searchsorted(indptr, ends - 1, side="right") - 1
-        ends = ends[np.argsort(np.minimum(ends - indptr[user], max_len), kind="stable")]
-    bounds = batch_bounds(len(ends), batch_size)
-    return [ends[lo:hi] for lo, hi in (bounds[i] for i in rng.permutation(len(bounds)))]
 
 
 # ---------------------------------------------------------------- training

@@ -405,8 +405,12 @@ FLAG_RUNS = {
     "windows": ["--history", "windows"],
     "preln-finalln-untied": ["--pre-ln", "--final-ln", "--no-tied"],
     "bpr4": ["--negatives", "4", "--loss", "bpr"],
+    "holdout-ce": ["--history", "holdout", "--loss", "ce", "--holdout-samples", "2"],
+    "preset-holdout": ["--preset", "holdout-ce", "--max-len", "20", "--holdout-samples", "1"],
+    "holdout-bpr": ["--history", "holdout", "--loss", "bpr", "--negatives", "4", "--holdout-last", "3",
+                    "--holdout-random", "2"],
 }
-INFERENCE_RUNS = ("ease", "ease-recency", "preln-finalln-untied")
+INFERENCE_RUNS = ("ease", "ease-recency", "preln-finalln-untied", "holdout-ce")
 
 
 @pytest.fixture(scope="module")
@@ -441,6 +445,8 @@ def test_flag_trains_end_to_end(flag_runs, name):
     cfg = json.loads((run_dir / "config.json").read_text())
     if name == "preset-ease":  # the preset's other values, under the explicit --l2
         assert (cfg["model"], cfg["recency"], cfg["recency_tau"]) == ("ease", 2.0, 10.0)
+    if name == "preset-holdout":
+        assert (cfg["loss"], cfg["history"], cfg["batch_size"], cfg["pre_ln"]) == ("ce", "holdout", 128, True)
     flags = FLAG_RUNS[name]
     for flag, value in zip(flags, flags[1:] + [None]):  # each flag landed in the saved config
         if not flag.startswith("--"):

@@ -12,12 +12,12 @@ import torch
 import torch.nn as nn
 
 import common.pretrain as pretrain_mod
-from common.batches import window_ends
+from common.batches import batch_bounds, epoch_batches, window_ends
 from common.data import Dataset, build_dataset
 from common.io import InputError
 from common.model import SASRec, SASRecArgs
 from common.pretrain import (PretrainConfig, S3RecPretrainer, aap_loss, attribute_bce,
-                             attribute_multi_hot, batch_bounds, epoch_batches, fit_pretrain, load_pretrained_encoder,
+                             attribute_multi_hot, fit_pretrain, load_pretrained_encoder,
                              make_pretrain_batch, map_loss, mip_loss, pretrain_loss, sp_loss)
 from common.readers import RawData
 from common.recommend import load_checkpoint
