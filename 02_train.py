@@ -129,7 +129,7 @@ def model_args(cfg: TrainConfig, ds: Dataset) -> SASRecArgs:
 
 def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     """Loss over the non-padded target positions of a batch {input, target, future?, exclude?,
-    negatives | shared, log_q?}. `exclude` [B, L, E] lists items a full softmax leaves out per position."""
+    negatives | shared, log_q?}. `exclude` [B, E] lists items a full softmax leaves out for row b's targets."""
     spec = LOSSES[loss_name]
     h = model(batch["input"])  # [B, L, H]
     mask = batch["target"] != 0  # [B, L]
@@ -138,8 +138,9 @@ def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     if spec.kind == "full":
         logits = model.score_all(h)  # [N, V]
         logits = logits.index_fill(1, torch.tensor([0], device=h.device), -math.inf)
-        if "exclude" in batch:  # the items the position reads: never an answer, as at inference
-            logits = logits.scatter(1, batch["exclude"][mask], -math.inf)
+        if "exclude" in batch:  # the items the row reads: never an answer, as at inference
+            rows = mask.nonzero(as_tuple=True)[0]  # [N] the row of each target position
+            logits = logits.scatter(1, batch["exclude"][rows], -math.inf)
         return spec.fn(logits, target if future is None else future)
     if future is not None:  # one (position, future item) pair per target, in row-major order
         rows, k = torch.nonzero(future, as_tuple=True)
@@ -179,9 +180,7 @@ def holdout_batch(ds: Dataset, cuts: np.ndarray, cfg: TrainConfig, rng: np.rando
     target[:, -1] = targets[:, 0]
     future = np.zeros((B, L, targets.shape[1]), dtype=np.int64)
     future[:, -1] = targets
-    exclude = np.zeros((B, L, L), dtype=np.int64)
-    exclude[:, -1] = inp
-    return {"input": inp, "target": target, "user": user, "future": future, "exclude": exclude}
+    return {"input": inp, "target": target, "user": user, "future": future, "exclude": inp}
 
 
 def make_batch(ds: Dataset, examples: np.ndarray, sampler: NegativeSampler, cfg: TrainConfig, device) -> dict:

@@ -33,7 +33,9 @@ RECIPES = {
     "sasrec-bce": ["--loss", "bce", "--history", "windows"],
     "sasrec-bpr": ["--preset", "bpr-full"],
     "sasrec-ce": ["--preset", "ce-full"],
-    "sasrec-holdout": ["--preset", "holdout-ce"],
+    "sasrec-holdout": ["--preset", "holdout-ce", "--seed", "0"],
+    "sasrec-holdout-s1": ["--preset", "holdout-ce", "--seed", "1"],
+    "sasrec-holdout-s2": ["--preset", "holdout-ce", "--seed", "2"],
 }
 # Blend weights are fixed in advance (not tuned on the splits they are scored on).
 BLENDS = {  # name: (recipes, weights, 04_ensemble arguments)
@@ -42,6 +44,10 @@ BLENDS = {  # name: (recipes, weights, 04_ensemble arguments)
     "ease+sasrec-holdout": (["ease", "sasrec-holdout"], [1.0, 0.25], ["--method", "score", "--norm", "zscore"]),
     "ease-recency+sasrec-holdout": (["ease-recency", "sasrec-holdout"], [1.0, 0.25],
                                     ["--method", "score", "--norm", "zscore"]),
+    "sasrec-holdout-3seeds": (["sasrec-holdout", "sasrec-holdout-s1", "sasrec-holdout-s2"], [1.0, 1.0, 1.0],
+                              ["--method", "score", "--norm", "zscore"]),
+    "ease-recency+sasrec-holdout-3seeds": (["ease-recency", "sasrec-holdout", "sasrec-holdout-s1", "sasrec-holdout-s2"],
+                                           [1.0, 0.25 / 3, 0.25 / 3, 0.25 / 3], ["--method", "score", "--norm", "zscore"]),
 }
 
 
