@@ -309,9 +309,11 @@ def main():
     if not (cfg.recency >= 0 and cfg.recency_tau > 0):
         raise InputError(f"--recency must be >= 0 and --recency-tau > 0, got {cfg.recency} and {cfg.recency_tau}")
     if cfg.history == "holdout":
-        if cfg.stage == "pretrain" or cfg.horizon > 1:
-            raise InputError("--history holdout sets its own targets; it does not combine with "
-                             + ("--stage pretrain (use last, windows or crops)" if cfg.stage == "pretrain" else "--horizon"))
+        own_targets = "--history holdout sets its own targets; it does not combine with"
+        if cfg.stage == "pretrain":
+            raise InputError(f"{own_targets} --stage pretrain (use last, windows or crops)")
+        if cfg.horizon > 1:
+            raise InputError(f"{own_targets} --horizon")
         if cfg.holdout_last < 1 or cfg.holdout_random < 0 or cfg.holdout_samples < 1:
             raise InputError(f"--holdout-last must be >= 1, --holdout-random >= 0 and --holdout-samples >= 1, got "
                              f"{cfg.holdout_last}, {cfg.holdout_random} and {cfg.holdout_samples}")

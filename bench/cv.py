@@ -38,16 +38,15 @@ RECIPES = {
     "sasrec-holdout-s2": ["--preset", "holdout-ce", "--seed", "2"],
 }
 # Blend weights are fixed in advance (not tuned on the splits they are scored on).
+ZSCORE = ["--method", "score", "--norm", "zscore"]
+HOLDOUT_SEEDS = ["sasrec-holdout", "sasrec-holdout-s1", "sasrec-holdout-s2"]
 BLENDS = {  # name: (recipes, weights, 04_ensemble arguments)
-    "ease+sasrec-ce": (["ease", "sasrec-ce"], [1.0, 0.1], ["--method", "score", "--norm", "zscore"]),
-    "ease+sasrec-bpr": (["ease", "sasrec-bpr"], [1.0, 0.1], ["--method", "score", "--norm", "zscore"]),
-    "ease+sasrec-holdout": (["ease", "sasrec-holdout"], [1.0, 0.25], ["--method", "score", "--norm", "zscore"]),
-    "ease-recency+sasrec-holdout": (["ease-recency", "sasrec-holdout"], [1.0, 0.25],
-                                    ["--method", "score", "--norm", "zscore"]),
-    "sasrec-holdout-3seeds": (["sasrec-holdout", "sasrec-holdout-s1", "sasrec-holdout-s2"], [1.0, 1.0, 1.0],
-                              ["--method", "score", "--norm", "zscore"]),
-    "ease-recency+sasrec-holdout-3seeds": (["ease-recency", "sasrec-holdout", "sasrec-holdout-s1", "sasrec-holdout-s2"],
-                                           [1.0, 0.25 / 3, 0.25 / 3, 0.25 / 3], ["--method", "score", "--norm", "zscore"]),
+    "ease+sasrec-ce": (["ease", "sasrec-ce"], [1.0, 0.1], ZSCORE),
+    "ease+sasrec-bpr": (["ease", "sasrec-bpr"], [1.0, 0.1], ZSCORE),
+    "ease+sasrec-holdout": (["ease", "sasrec-holdout"], [1.0, 0.25], ZSCORE),
+    "ease-recency+sasrec-holdout": (["ease-recency", "sasrec-holdout"], [1.0, 0.25], ZSCORE),
+    "sasrec-holdout-3seeds": (HOLDOUT_SEEDS, [1.0, 1.0, 1.0], ZSCORE),
+    "ease-recency+sasrec-holdout-3seeds": (["ease-recency", *HOLDOUT_SEEDS], [1.0, *[0.25 / 3] * 3], ZSCORE),
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.data import Dataset
+from common.data import Dataset, owner_of, row_owners
 from common.io import InputError
 
 HISTORY_MODES = ("last", "windows", "crops", "holdout")
@@ -75,7 +75,7 @@ def holdout_examples(indptr: np.ndarray, items: np.ndarray, cuts: np.ndarray, rn
     The targets are the n_last items from the cut on and n_random items drawn uniformly from before
     it; the input is the latest max_len items before the cut that were not drawn, left-padded.
     Returns (input [B, L], targets [B, n_last + n_random], user [B])."""
-    user = np.searchsorted(indptr, cuts, side="right") - 1  # [B]; a cut is never a user's first item
+    user = owner_of(indptr, cuts)  # [B]; a cut is never a user's first item
     start = indptr[user]
     cut = cuts - start  # [B] position within the user's sequence
     dropped = sample_subsets(cut, n_random, rng)  # [B, R] positions before the cut
@@ -107,7 +107,7 @@ def epoch_batches(indptr: np.ndarray, ends: np.ndarray, max_len: int, batch_size
     """
     ends = ends[rng.permutation(len(ends))]
     if bucket:
-        user = np.searchsorted(indptr, ends - 1, side="right") - 1
+        user = owner_of(indptr, ends - 1)
         ends = ends[np.argsort(np.minimum(ends - indptr[user], max_len), kind="stable")]
     bounds = batch_bounds(len(ends), batch_size)
     return [ends[lo:hi] for lo, hi in (bounds[i] for i in rng.permutation(len(bounds)))]
@@ -115,7 +115,7 @@ def epoch_batches(indptr: np.ndarray, ends: np.ndarray, max_len: int, batch_size
 
 def _window_positions(indptr: np.ndarray, ends: np.ndarray, max_len: int):
     """(user [B], flat target positions [B, L], valid [B, L]) of windows ending at `ends`."""
-    user = np.searchsorted(indptr, ends - 1, side="right") - 1  # [B]
+    user = owner_of(indptr, ends - 1)  # [B]
     col = np.arange(max_len)[None, :]  # [1, L]
     tgt_pos = ends[:, None] - max_len + col  # [B, L]
     valid = tgt_pos - 1 >= indptr[user][:, None]  # the input position must belong to the user
@@ -145,7 +145,7 @@ class NegativeSampler:
     def __init__(self, ds: Dataset, rng: np.random.Generator):
         self.n_items = ds.n_items
         self.rng = rng
-        users = np.repeat(np.arange(ds.n_users), np.diff(ds.indptr))
+        users = row_owners(ds.indptr)
         counts = np.bincount(ds.items, minlength=ds.n_items + 1)[1:] + 1.0  # add-one smoothing
         self.pop_q = counts / counts.sum()  # [n_items] popularity distribution over ids 1..n_items
         self.keys = np.unique(users * (ds.n_items + 1) + ds.items)  # sorted (user, item) pairs

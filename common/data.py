@@ -42,6 +42,16 @@ def csr_offsets(group_sizes: np.ndarray) -> np.ndarray:
     return indptr
 
 
+def row_owners(indptr: np.ndarray) -> np.ndarray:
+    """The group of every flat row of a CSR layout: [indptr[-1]]."""
+    return np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+
+
+def owner_of(indptr: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The group that each flat position belongs to."""
+    return np.searchsorted(indptr, positions, side="right") - 1
+
+
 def order_and_dedupe(users: np.ndarray, items: np.ndarray, times: np.ndarray):
     """Sort by (user, time, file order); drop repeated (user, item) pairs after the first.
 
@@ -64,7 +74,7 @@ def split_holdout(indptr: np.ndarray, last: int, n_random: int, seed: int) -> np
     """
     lengths = np.diff(indptr)
     n = int(indptr[-1])
-    user = np.repeat(np.arange(len(lengths)), lengths)  # [n]
+    user = row_owners(indptr)  # [n]
     pos = np.arange(n) - indptr[user]  # position within the user's sequence
     size = lengths[user]
     eligible = size >= last + n_random + MIN_TRAIN_LEFT
@@ -221,7 +231,7 @@ class Dataset:
         import scipy.sparse as sp
         data = np.ones(len(self.items), dtype=np.float32)
         if recency:
-            user = np.repeat(np.arange(self.n_users), np.diff(self.indptr))
+            user = row_owners(self.indptr)
             r = self.indptr[user + 1] - 1 - np.arange(len(self.items))  # steps back from the latest item
             data += (recency * np.exp(-r / tau)).astype(np.float32)
         return sp.csr_matrix((data, self.items, self.indptr), shape=(self.n_users, self.n_items + 1))

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.batches import NegativeSampler, epoch_batches, gather_windows, window_ends
-from common.data import Dataset
+from common.data import Dataset, row_owners
 from common.io import InputError, append_jsonl, keep_epochs_before
 from common.model import PAD, SASRec, SASRecArgs
 from common.recommend import check_dataset_matches, load_checkpoint, save_checkpoint
@@ -178,8 +178,7 @@ def attribute_multi_hot(ds: Dataset) -> np.ndarray:
     """[n_items + 1, n_attributes] bool; column a - 1 marks attribute id a (row 0, padding, is empty)."""
     indptr, ids, names = ds.attributes()
     table = np.zeros((ds.n_items + 1, len(names)), dtype=bool)
-    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    table[rows, ids - 1] = True
+    table[row_owners(indptr), ids - 1] = True
     return table
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.data import Dataset, csr_offsets
+from common.data import Dataset, csr_offsets, row_owners
 from common.io import InputError, atomic_path
 from common.readers import read_csv_checked, int_column
 
@@ -70,8 +70,7 @@ def to_dense(df: pd.DataFrame, ds: Dataset, path: Path) -> tuple[np.ndarray, np.
 
 def seen_mask(ds: Dataset, users: np.ndarray, items: np.ndarray) -> np.ndarray:
     """True where dense `items[i]` is in the training data of dense `users[i]`."""
-    lengths = np.diff(ds.indptr)
-    keys = np.repeat(np.arange(ds.n_users), lengths) * (ds.n_items + 1) + ds.items
+    keys = row_owners(ds.indptr) * (ds.n_items + 1) + ds.items
     keys.sort()
     q = users * (ds.n_items + 1) + items
     idx = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
