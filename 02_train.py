@@ -1,10 +1,11 @@
 """Fit a model on data/<dataset>/ and write data/<dataset>/runs/<run>/{checkpoint.pt,config.json,metrics.jsonl}.
 
-Models: pop (most popular), ease (closed-form item-item, --l2, --recency), sasrec (S3-Rec's fine-tuning
+Models: pop (most popular), ease (closed-form item-item, --l2, --recency, --window), sasrec (S3-Rec's fine-tuning
 model) with --loss bce (the baseline), bpr, ce (softmax over all items) or sampled (shared negatives).
 --history holdout trains on simulated hidden sets: the next items after a random cut plus randomly
 dropped earlier ones, predicted together from the rest (--holdout-last, --holdout-random).
---preset names a recipe that measured best (ease-recent, bpr-full, ce-full, holdout-ce); flags beside it win.
+--preset names a recipe that measured best (ease-recent, ease-seq, ease-soft, bpr-full, ce-full, holdout-ce);
+flags beside it win.
 --stage pretrain trains the encoder with S3-Rec's self-supervised objectives (AAP, MIP, MAP, SP) on the
 item-attribute table; --init-from <that run> starts fine-tuning from it.
 With a local hold-out every epoch is scored (Recall@10, NDCG@10), the best epoch is kept and training
@@ -43,6 +44,8 @@ PRESETS = {
     "holdout-ce": {"model": "sasrec", "loss": "ce", "history": "holdout", "dropout_attn": 0.2,
                    "dropout_hidden": 0.2, "pre_ln": True, "final_ln": True, "batch_size": 128, "max_len": 200},
     "ease-recent": {"model": "ease", "l2": 500.0, "recency": 2.0, "recency_tau": 10.0},
+    "ease-seq": {"model": "ease", "l2": 50.0, "window": 50, "window_tau": 20.0, "recency": 2.0, "recency_tau": 10.0},
+    "ease-soft": {"model": "ease", "l2": 200.0, "diag_power": 0.5, "recency": 2.0, "recency_tau": 10.0},
 }
 
 
@@ -83,6 +86,12 @@ class TrainConfig:
     recency: float = field(default=0.0, metadata={"help": "EASE: extra weight of recent items when scoring "
                                                           "(1 + recency * exp(-steps back / recency_tau))"})
     recency_tau: float = field(default=10.0, metadata={"help": "EASE: decay of --recency, in items"})
+    window: int = field(default=0, metadata={"help": "EASE: count two items together only when at most this many "
+                                                     "steps apart in a user's history (0: anywhere)"})
+    window_tau: float = field(default=20.0, metadata={"help": "EASE: --window pairs d steps apart weigh "
+                                                              "exp(-(d - 1) / window_tau)"})
+    diag_power: float = field(default=1.0, metadata={"help": "EASE: B = -P / diag(P)^diag_power; below 1 "
+                                                             "lifts rarer items"})
     stage: str = field(default="finetune", metadata={"choices": ("finetune", "pretrain"),
                                                      "help": "pretrain: S3-Rec's self-supervised objectives"})
     init_from: str = field(default="", metadata={"help": "start from a pretraining run (its name or checkpoint path)"})
@@ -111,6 +120,10 @@ def run_name(cfg: TrainConfig, ds: Dataset) -> str:
     parts = [ds.name, cfg.model]
     if cfg.model == "ease":
         parts.append(f"l{cfg.l2:g}")
+        if cfg.window:
+            parts.append(f"w{cfg.window}t{cfg.window_tau:g}")
+        if cfg.diag_power != 1:
+            parts.append(f"d{cfg.diag_power:g}")
         if cfg.recency:
             parts.append(f"r{cfg.recency:g}t{cfg.recency_tau:g}")
     if cfg.model == "sasrec":
@@ -215,7 +228,8 @@ def fit_closed_form(cfg: TrainConfig, ds: Dataset, out: Path) -> None:
         rec = PopRecommender(state["counts"])
     else:
         scoring = {"recency": cfg.recency, "recency_tau": cfg.recency_tau}
-        state, args = EASERecommender.fit(ds, cfg.l2), {"l2": cfg.l2, "scoring": scoring}
+        fit = {"l2": cfg.l2, "window": cfg.window, "window_tau": cfg.window_tau, "diag_power": cfg.diag_power}
+        state, args = EASERecommender.fit(ds, **fit), {**fit, "scoring": scoring}
         rec = EASERecommender(state["B"], ds, **scoring)
     fit_seconds = time.time() - t0
     metrics = evaluate(rec, ds, cfg.k, cfg.eval_batch_size) if ds.has_holdout else {}
@@ -308,6 +322,9 @@ def main():
         raise InputError(f"--init-from starts a sasrec model; --model {cfg.model} has no encoder to initialise")
     if not (cfg.recency >= 0 and cfg.recency_tau > 0):
         raise InputError(f"--recency must be >= 0 and --recency-tau > 0, got {cfg.recency} and {cfg.recency_tau}")
+    if not (cfg.l2 > 0 and cfg.window >= 0 and cfg.window_tau > 0 and cfg.diag_power >= 0):
+        raise InputError(f"--l2 and --window-tau must be > 0, --window and --diag-power >= 0, got {cfg.l2}, "
+                         f"{cfg.window_tau}, {cfg.window} and {cfg.diag_power}")
     if cfg.history == "holdout":
         own_targets = "--history holdout sets its own targets; it does not combine with"
         if cfg.stage == "pretrain":

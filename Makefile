@@ -42,14 +42,17 @@ test: setup
 seeds: setup
 	DATA=$(DATA) TAG=$(TAG) TRAIN_ARGS="$(TRAIN_ARGS)" PY=$(PY) scripts/seeds.sh $(SEEDS)
 
-# EASE + a sequential model over SEEDS, blended: make recipe DATA=data/Beauty SEQ_ARGS="--preset ce-full"
+# Two EASE runs + a sequential model over SEEDS, blended: make recipe DATA=data/Beauty SEQ_ARGS="--preset ce-full"
+# (EASE2_ARGS= with nothing after it leaves the second EASE out)
 SEQ_ARGS ?= --preset ce-full
-EASE_ARGS ?= --preset ease-recent
+EASE_ARGS ?= --preset ease-seq
+EASE2_ARGS ?= --preset ease-soft
 EASE_WEIGHT ?= 1
+EASE2_WEIGHT ?= 1
 SEQ_WEIGHT ?= 1
 recipe: setup
-	DATA=$(DATA) PY=$(PY) SEQ_ARGS="$(SEQ_ARGS)" EASE_ARGS="$(EASE_ARGS)" EASE_WEIGHT=$(EASE_WEIGHT) \
-		SEQ_WEIGHT=$(SEQ_WEIGHT) scripts/recipe.sh $(SEEDS)
+	DATA=$(DATA) PY=$(PY) SEQ_ARGS="$(SEQ_ARGS)" EASE_ARGS="$(EASE_ARGS)" EASE2_ARGS="$(EASE2_ARGS)" \
+		EASE_WEIGHT=$(EASE_WEIGHT) EASE2_WEIGHT=$(EASE2_WEIGHT) SEQ_WEIGHT=$(SEQ_WEIGHT) scripts/recipe.sh $(SEEDS)
 
 clean-demo:
 	rm -rf data/raw/demo data/demo submissions/demo-*

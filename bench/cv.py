@@ -30,6 +30,8 @@ RECIPES = {
     "ease": ["--model", "ease", "--l2", "500"],
     "ease-l50": ["--model", "ease", "--l2", "50"],
     "ease-recency": ["--preset", "ease-recent"],
+    "ease-seq": ["--preset", "ease-seq"],
+    "ease-soft": ["--preset", "ease-soft"],
     "sasrec-bce": ["--loss", "bce", "--history", "windows"],
     "sasrec-bpr": ["--preset", "bpr-full"],
     "sasrec-ce": ["--preset", "ce-full"],
@@ -47,6 +49,9 @@ BLENDS = {  # name: (recipes, weights, 04_ensemble arguments)
     "ease-recency+sasrec-holdout": (["ease-recency", "sasrec-holdout"], [1.0, 0.25], ZSCORE),
     "sasrec-holdout-3seeds": (HOLDOUT_SEEDS, [1.0, 1.0, 1.0], ZSCORE),
     "ease-recency+sasrec-holdout-3seeds": (["ease-recency", *HOLDOUT_SEEDS], [1.0, *[0.25 / 3] * 3], ZSCORE),
+    "ease-seq+sasrec-holdout": (["ease-seq", "sasrec-holdout"], [1.0, 0.75], ZSCORE),
+    "ease-seq+ease-soft": (["ease-seq", "ease-soft"], [1.0, 1.0], ZSCORE),
+    "ease-seq+ease-soft+sasrec-holdout": (["ease-seq", "ease-soft", "sasrec-holdout"], [1.0, 1.0, 0.25], ZSCORE),
 }
 
 

@@ -3,6 +3,7 @@
     .venv/bin/python bench/train.py --data ml     # ml-latest-small 5+5: pop, bce, bpr (target: < 2 s/epoch)
     .venv/bin/python bench/train.py --data full   # full-scale demo: sasrec defaults, 2 epochs (target: < 30 s/epoch,
                                                   # < 4 GB), then EASE λ=500 (target: fit < 60 s, < 4 GB),
+                                                  # then --preset ease-seq and ease-soft (same targets),
                                                   # then --preset holdout-ce, 1 epoch
 Extra arguments after `--` go to 02_train.py.
 """
@@ -57,6 +58,8 @@ def main():
         measure([PY, "01_preprocess.py", "--input", str(raw), "--name", "demo-full"])
         bench_run("data/demo-full", "bce", ["--epochs", str(args.epochs or 2), *extra])
         bench_run("data/demo-full", "ease", ["--model", "ease", "--l2", "500"])
+        for preset in ("ease-seq", "ease-soft"):
+            bench_run("data/demo-full", preset, ["--preset", preset])
         bench_run("data/demo-full", "holdout-ce", ["--preset", "holdout-ce", "--epochs", "1", *extra])
 
 

@@ -5,13 +5,14 @@ A recommender maps a batch of dense user ids to scores [B, V] over every dense i
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.data import Dataset, pad_rows
+from common.data import Dataset, pad_rows, row_owners
 from common.io import InputError, atomic_path
 from common.metrics import all_metrics
 from common.model import SASRec, SASRecArgs
@@ -34,11 +35,40 @@ class PopRecommender:
         return self.counts.expand(len(users), -1)  # [B, V]
 
 
-class EASERecommender:
-    """EASE (Steck 2019): scores = X_u B with B = I - P / diag(P), P = (X^T X + l2 I)^-1, diag(B) = 0.
+def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0) -> torch.Tensor:
+    """Item-item Gram matrix over real items, [n_items, n_items] float32.
 
-    B is fitted on the 0/1 matrix. With `recency` > 0 the scoring input weighs the user's latest
-    items more (see Dataset.seen_matrix): the hidden set favours what comes next.
+    window 0: G = X^T X, the number of users who have both items. window w > 0: two items of a user count
+    only when at most w steps apart in the user's time order, with weight exp(-(d - 1) / tau) at d steps;
+    the diagonal keeps each item's count. A pair that sits together in time is what a randomly dropped item
+    shares with its neighbours. With w >= the longest sequence and tau -> inf it is X^T X again.
+    """
+    if window == 0:
+        X = ds.seen_matrix()[:, 1:]  # [U, n_items]
+        return torch.from_numpy((X.T @ X).toarray().astype(np.float32))
+    n = ds.n_items
+    owner = row_owners(ds.indptr)  # [N]
+    items = torch.from_numpy(ds.items - 1)  # [N], 0-based real items
+    G = torch.zeros(n * n, dtype=torch.float64)  # flat [n, n]
+    for d in range(1, min(window, int(np.diff(ds.indptr).max(initial=1)) - 1) + 1):
+        a = torch.from_numpy(np.flatnonzero(owner[:-d] == owner[d:]))  # [P] pairs d steps apart
+        w = torch.full((len(a),), math.exp(-(d - 1) / tau), dtype=torch.float64)
+        G.index_add_(0, items[a] * n + items[a + d], w)
+        G.index_add_(0, items[a + d] * n + items[a], w)
+    G = G.view(n, n)
+    G.diagonal().add_(torch.from_numpy(np.bincount(ds.items - 1, minlength=n).astype(np.float64)))
+    return G.float()
+
+
+class EASERecommender:
+    """EASE (Steck 2019): scores = X_u B with B = I - P / diag(P), P = (G + l2 I)^-1, diag(B) = 0.
+
+    G is X^T X of the 0/1 matrix, or with `window` > 0 the co-occurrence of items near each other in
+    time (see `cooccurrence`). `diag_power` g < 1 divides by diag(P)^g instead: against g = 1 it scales
+    column j by diag(P)_j^(1 - g), which is smallest for frequent items (g = 0 ranks unseen items as the
+    unconstrained ridge regression does). With
+    `recency` > 0 the scoring input weighs the user's latest items more (see Dataset.seen_matrix):
+    the hidden set favours what comes next.
     """
 
     def __init__(self, B: torch.Tensor, ds: Dataset, recency: float = 0.0, recency_tau: float = 10.0):
@@ -46,12 +76,11 @@ class EASERecommender:
         self.X = ds.seen_matrix(recency, recency_tau)  # sparse [n_users, V]
 
     @staticmethod
-    def fit(ds: Dataset, l2: float) -> dict:
-        X = ds.seen_matrix()[:, 1:]  # [U, n_items], real items only
-        G = torch.from_numpy((X.T @ X).toarray().astype(np.float32))  # [n, n] Gram matrix
+    def fit(ds: Dataset, l2: float, window: int = 0, window_tau: float = 20.0, diag_power: float = 1.0) -> dict:
+        G = cooccurrence(ds, window, window_tau)  # [n, n]
         G.diagonal().add_(l2)
         P = torch.cholesky_inverse(torch.linalg.cholesky(G))  # [n, n], G is symmetric positive definite
-        B = -P / P.diagonal()[None, :]  # B_ij = -P_ij / P_jj
+        B = -P / P.diagonal()[None, :] ** diag_power  # B_ij = -P_ij / P_jj^g
         B.diagonal().zero_()
         full = torch.zeros(ds.n_items + 1, ds.n_items + 1)
         full[1:, 1:] = B

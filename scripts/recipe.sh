@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# The winning recipe in one command: EASE, a sequential model over several seeds, and their score blend.
+# The winning recipe in one command: EASE (two variants), a sequential model over several seeds, and their
+# score blend.
 #
 #   scripts/recipe.sh 1 2 3
 #   DATA=data/Beauty SEQ_ARGS="--preset ce-full" EASE_ARGS="--model ease --l2 50" EASE_WEIGHT=0.5 scripts/recipe.sh 1 2 3
 #
-# Trains and infers EASE (EASE_ARGS, default --preset ease-recent), runs scripts/seeds.sh with SEQ_ARGS
-# (default --preset ce-full) for each seed, then blends the candidate files by z-scored score with
-# weights EASE_WEIGHT for EASE and SEQ_WEIGHT shared by the seeds. Writes
+# Trains and infers EASE (EASE_ARGS, default --preset ease-seq) and a second EASE (EASE2_ARGS, default
+# --preset ease-soft; set it empty to skip), runs scripts/seeds.sh with SEQ_ARGS (default --preset ce-full)
+# for each seed, then blends the candidate files by z-scored score with weights EASE_WEIGHT and EASE2_WEIGHT
+# for the two EASE runs and SEQ_WEIGHT shared by the seeds. Writes
 # $SUBS/<dataset>-recipe.csv (SUBS: submissions) and prints the local score when the dataset has a hold-out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-data/demo}
 PY=${PY:-.venv/bin/python}
 SUBS=${SUBS:-submissions}
-EASE_ARGS=${EASE_ARGS:---preset ease-recent}
+EASE_ARGS=${EASE_ARGS:---preset ease-seq}
+EASE2_ARGS=${EASE2_ARGS---preset ease-soft}
 SEQ_ARGS=${SEQ_ARGS:---preset ce-full}
 EASE_WEIGHT=${EASE_WEIGHT:-1}
+EASE2_WEIGHT=${EASE2_WEIGHT:-1}
 SEQ_WEIGHT=${SEQ_WEIGHT:-1}
 [ $# -gt 0 ] || { echo "usage: scripts/recipe.sh SEED [SEED ...]" >&2; exit 2; }
 name=$(basename "$DATA")
@@ -23,9 +27,16 @@ ease="${name}-recipe-ease"
 # shellcheck disable=SC2086
 $PY 02_train.py --data "$DATA" --run-name "$ease" $EASE_ARGS
 $PY 03_inference.py "$DATA/runs/$ease/checkpoint.pt" --out-dir "$SUBS"
-DATA="$DATA" PY="$PY" SUBS="$SUBS" TAG=recipe-seq TRAIN_ARGS="$SEQ_ARGS" scripts/seeds.sh "$@"
 files=("$SUBS/$ease.top100.csv")
 weights=("$EASE_WEIGHT")
+if [ -n "$EASE2_ARGS" ]; then
+  # shellcheck disable=SC2086
+  $PY 02_train.py --data "$DATA" --run-name "${ease}2" $EASE2_ARGS
+  $PY 03_inference.py "$DATA/runs/${ease}2/checkpoint.pt" --out-dir "$SUBS"
+  files+=("$SUBS/${ease}2.top100.csv")
+  weights+=("$EASE2_WEIGHT")
+fi
+DATA="$DATA" PY="$PY" SUBS="$SUBS" TAG=recipe-seq TRAIN_ARGS="$SEQ_ARGS" scripts/seeds.sh "$@"
 per_seed=$($PY -c "print($SEQ_WEIGHT / $#)")
 for seed in "$@"; do
   files+=("$SUBS/${name}-recipe-seq-s${seed}.top100.csv")

@@ -16,14 +16,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import describe, load_train_module, make_small_demo, run_scripts
+from conftest import assert_one_line_error, describe, load_train_module, make_small_demo, run_script, run_scripts
 
 from common.batches import NegativeSampler
 from common.data import Dataset, build_dataset
 from common.losses import ce_loss, sampled_softmax_loss
 from common.model import SASRec, SASRecArgs
 from common.readers import RawData
-from common.recommend import EASERecommender, top_k
+from common.recommend import EASERecommender, cooccurrence, top_k
 
 
 
@@ -148,6 +148,63 @@ def test_ease_recency_weights_the_latest_items(ease_ds):
     x = ease_ds.seen_matrix(a, tau)[2].toarray()[0]
     assert x[1:4].tolist() == pytest.approx([1 + a * math.exp(-2 / tau), 1 + a * math.exp(-1 / tau), 1 + a])
     assert torch.equal(EASERecommender(B, ease_ds, recency=0.0).score(users), EASERecommender(B, ease_ds).score(users))
+
+
+# ---------------------------------------------------------------- EASE on items near each other in time
+
+WINDOW_SETS = {1: [10, 20, 30, 40], 2: [30, 10], 3: [20, 40, 10]}  # time order; raw 10*j is dense id j
+
+
+@pytest.fixture(scope="module")
+def window_ds(tmp_path_factory) -> Dataset:
+    out = tmp_path_factory.mktemp("window") / "ds"
+    build_dataset(raw_from_sets(WINDOW_SETS), out, holdout=False, name="window")
+    return Dataset(out)
+
+
+def test_windowed_cooccurrence_by_hand(window_ds):
+    tau = 2.0
+    one, two = 1.0, math.exp(-1 / tau)  # weights of pairs 1 and 2 steps apart
+    want = np.zeros((4, 4))
+    # user 1: 1 2 3 4 -> (1,2) (2,3) (3,4) at 1 step, (1,3) (2,4) at 2; (1,4) is 3 apart: out of the window
+    # user 2: 3 1 -> (3,1) at 1 step.  user 3: 2 4 1 -> (2,4) (4,1) at 1 step, (2,1) at 2
+    for (a, b), w in {(1, 2): one + two, (2, 3): one, (3, 4): one, (1, 3): two + one, (2, 4): two + one,
+                      (1, 4): one}.items():
+        want[a - 1, b - 1] = want[b - 1, a - 1] = w
+    np.fill_diagonal(want, [3, 2, 2, 2])  # how often each item occurs
+    got = cooccurrence(window_ds, window=2, tau=tau)
+    assert got.dtype == torch.float32 and got.shape == (4, 4)
+    assert np.allclose(got.numpy(), want, atol=1e-6), f"\n{got}\nvs\n{want}"
+
+
+def test_wide_window_without_decay_is_the_plain_gram(ease_ds, window_ds):
+    for ds in (ease_ds, window_ds):
+        plain = cooccurrence(ds)
+        X = ds.seen_matrix()[:, 1:].toarray()
+        assert torch.equal(plain, torch.from_numpy((X.T @ X).astype(np.float32)))
+        assert torch.allclose(cooccurrence(ds, window=1000, tau=1e12), plain, atol=1e-5)
+    narrow = cooccurrence(window_ds, window=1, tau=1e12)
+    assert not torch.allclose(narrow, cooccurrence(window_ds)), "window 1 drops pairs"
+
+
+def test_ease_fit_with_window_and_diag_power(window_ds):
+    l2, g = 0.5, 0.5
+    G = cooccurrence(window_ds, window=2, tau=2.0).double().numpy() + l2 * np.eye(4)
+    P = np.linalg.inv(G)
+    for power in (1.0, g, 0.0):
+        B = EASERecommender.fit(window_ds, l2, window=2, window_tau=2.0, diag_power=power)["B"]
+        want = -P / np.diag(P)[None, :] ** power
+        np.fill_diagonal(want, 0.0)
+        assert torch.all(B[0] == 0) and torch.all(B[:, 0] == 0)
+        assert np.allclose(B[1:, 1:].numpy(), want, atol=1e-5), power
+    # power 1 is plain EASE on the same Gram: the default
+    assert torch.equal(EASERecommender.fit(window_ds, l2, window=2, window_tau=2.0)["B"],
+                       EASERecommender.fit(window_ds, l2, window=2, window_tau=2.0, diag_power=1.0)["B"])
+    # against power 1, power 0 scales column j by diag(P)_j of the plain Gram
+    col0 = np.abs(EASERecommender.fit(window_ds, l2, diag_power=0.0)["B"][1:, 1:].numpy()).sum(0)
+    col1 = np.abs(EASERecommender.fit(window_ds, l2)["B"][1:, 1:].numpy()).sum(0)
+    X = window_ds.seen_matrix()[:, 1:].toarray()
+    assert np.allclose(col0 / col1, np.diag(np.linalg.inv(X.T @ X + l2 * np.eye(4))), rtol=1e-4)
 
 
 class _RiggedScores:
@@ -398,6 +455,8 @@ FLAG_RUNS = {
     "ease": ["--model", "ease", "--l2", "100"],
     "ease-recency": ["--model", "ease", "--l2", "100", "--recency", "2", "--recency-tau", "5"],
     "preset-ease": ["--preset", "ease-recent", "--l2", "100"],
+    "ease-window": ["--model", "ease", "--l2", "100", "--window", "3", "--window-tau", "2", "--diag-power", "0.5"],
+    "preset-ease-seq": ["--preset", "ease-seq", "--l2", "100"],
     "ce": ["--loss", "ce"],
     "sampled": ["--loss", "sampled", "--negatives", "32"],
     "sampled-pop-logq": ["--loss", "sampled", "--negatives", "32", "--sampled-dist", "pop", "--logq"],
@@ -410,7 +469,7 @@ FLAG_RUNS = {
     "holdout-bpr": ["--history", "holdout", "--loss", "bpr", "--negatives", "4", "--holdout-last", "3",
                     "--holdout-random", "2"],
 }
-INFERENCE_RUNS = ("ease", "ease-recency", "preln-finalln-untied", "holdout-ce")
+INFERENCE_RUNS = ("ease", "ease-recency", "ease-window", "preln-finalln-untied", "holdout-ce")
 
 
 @pytest.fixture(scope="module")
@@ -445,6 +504,8 @@ def test_flag_trains_end_to_end(flag_runs, name):
     cfg = json.loads((run_dir / "config.json").read_text())
     if name == "preset-ease":  # the preset's other values, under the explicit --l2
         assert (cfg["model"], cfg["recency"], cfg["recency_tau"]) == ("ease", 2.0, 10.0)
+    if name == "preset-ease-seq":
+        assert (cfg["window"], cfg["window_tau"], cfg["recency"], cfg["l2"]) == (50, 20.0, 2.0, 100.0)
     if name == "preset-holdout":
         assert (cfg["loss"], cfg["history"], cfg["batch_size"], cfg["pre_ln"]) == ("ce", "holdout", 128, True)
     flags = FLAG_RUNS[name]
@@ -458,6 +519,13 @@ def test_flag_trains_end_to_end(flag_runs, name):
             assert cfg[key] is True, (key, cfg)
         else:
             assert str(cfg[key]) == value or cfg[key] == pytest.approx(float(value)), (key, cfg[key], value)
+
+
+@pytest.mark.parametrize("flag, value", [("--window", "-1"), ("--window-tau", "0"), ("--diag-power", "-0.5"),
+                                         ("--l2", "0")])
+def test_ease_refuses_bad_settings(flag_runs, flag, value):
+    p = run_script("02_train.py", "--data", flag_runs["ds"], "--model", "ease", "--no-progress", flag, value)
+    assert_one_line_error(p, flag, value)
 
 
 @pytest.mark.parametrize("name", INFERENCE_RUNS)

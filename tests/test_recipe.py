@@ -1,4 +1,4 @@
-"""The shell recipes: scripts/recipe.sh trains EASE and a sequential model over seeds (through
+"""The shell recipes: scripts/recipe.sh trains two EASE runs and a sequential model over seeds (through
 scripts/seeds.sh) and blends them into one valid submission."""
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ def recipe_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recipe")
     ds = make_small_demo(tmp, 120)
     env = {**os.environ, "DATA": str(ds), "PY": sys.executable, "SUBS": str(tmp / "subs"),
-           "EASE_ARGS": "--model ease --l2 50", "SEQ_ARGS": "--epochs 1 --hidden 16 --threads 1",
-           "EASE_WEIGHT": "2", "SEQ_WEIGHT": "1"}
+           "EASE_ARGS": "--model ease --l2 50", "EASE2_ARGS": "--model ease --l2 80 --window 5 --diag-power 0.5",
+           "SEQ_ARGS": "--epochs 1 --hidden 16 --threads 1",
+           "EASE_WEIGHT": "2", "EASE2_WEIGHT": "0.7", "SEQ_WEIGHT": "1"}
     p = subprocess.run(["scripts/recipe.sh", *SEEDS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     return ds, tmp / "subs", p
 
@@ -36,8 +37,11 @@ def test_recipe_blends_ease_and_every_seed(recipe_run):
         assert (subs / f"{name}-recipe-seq-s{seed}.top100.csv").is_file()
         assert json.loads((ds_path / "runs" / f"{name}-recipe-seq-s{seed}" / "config.json").read_text())["seed"] == int(seed)
     meta = json.loads((subs / f"{name}-recipe.json").read_text())
-    assert meta["weights"] == [2.0, 0.5, 0.5], "EASE_WEIGHT for EASE, SEQ_WEIGHT shared by the seeds"
-    assert len(meta["inputs"]) == 3 and meta["inputs"][0].endswith(f"{name}-recipe-ease.top100.csv")
+    assert meta["weights"] == [2.0, 0.7, 0.5, 0.5], "EASE_WEIGHT, EASE2_WEIGHT, SEQ_WEIGHT shared by the seeds"
+    assert len(meta["inputs"]) == 4 and meta["inputs"][0].endswith(f"{name}-recipe-ease.top100.csv")
+    assert meta["inputs"][1].endswith(f"{name}-recipe-ease2.top100.csv")
+    cfg2 = json.loads((ds_path / "runs" / f"{name}-recipe-ease2" / "config.json").read_text())
+    assert (cfg2["l2"], cfg2["window"], cfg2["diag_power"]) == (80.0, 5, 0.5)
     sub = pd.read_csv(subs / f"{name}-recipe.csv")
     ds = Dataset(ds_path)
     assert list(sub.columns) == ["user", "item"]
