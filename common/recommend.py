@@ -42,6 +42,7 @@ def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0) -> torch.Tenso
     only when at most w steps apart in the user's time order, with weight exp(-(d - 1) / tau) at d steps;
     the diagonal keeps each item's count. A pair that sits together in time is what a randomly dropped item
     shares with its neighbours. With w >= the longest sequence and tau -> inf it is X^T X again.
+    Unlike X^T X a windowed G can have slightly negative eigenvalues; the l2 of EASE covers them.
     """
     if window == 0:
         X = ds.seen_matrix()[:, 1:]  # [U, n_items]
@@ -49,15 +50,15 @@ def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0) -> torch.Tenso
     n = ds.n_items
     owner = row_owners(ds.indptr)  # [N]
     items = torch.from_numpy(ds.items - 1)  # [N], 0-based real items
-    G = torch.zeros(n * n, dtype=torch.float64)  # flat [n, n]
+    G = torch.zeros(n * n)  # flat [n, n]
     for d in range(1, min(window, int(np.diff(ds.indptr).max(initial=1)) - 1) + 1):
         a = torch.from_numpy(np.flatnonzero(owner[:-d] == owner[d:]))  # [P] pairs d steps apart
-        w = torch.full((len(a),), math.exp(-(d - 1) / tau), dtype=torch.float64)
+        w = torch.full((len(a),), math.exp(-(d - 1) / tau))  # [P]
         G.index_add_(0, items[a] * n + items[a + d], w)
         G.index_add_(0, items[a + d] * n + items[a], w)
     G = G.view(n, n)
-    G.diagonal().add_(torch.from_numpy(np.bincount(ds.items - 1, minlength=n).astype(np.float64)))
-    return G.float()
+    G.diagonal().add_(torch.from_numpy(np.bincount(ds.items - 1, minlength=n).astype(np.float32)))
+    return G
 
 
 class EASERecommender:
@@ -66,9 +67,8 @@ class EASERecommender:
     G is X^T X of the 0/1 matrix, or with `window` > 0 the co-occurrence of items near each other in
     time (see `cooccurrence`). `diag_power` g < 1 divides by diag(P)^g instead: against g = 1 it scales
     column j by diag(P)_j^(1 - g), which is smallest for frequent items (g = 0 ranks unseen items as the
-    unconstrained ridge regression does). With
-    `recency` > 0 the scoring input weighs the user's latest items more (see Dataset.seen_matrix):
-    the hidden set favours what comes next.
+    unconstrained ridge regression does). With `recency` > 0 the scoring input weighs the user's latest
+    items more (see Dataset.seen_matrix): the hidden set favours what comes next.
     """
 
     def __init__(self, B: torch.Tensor, ds: Dataset, recency: float = 0.0, recency_tau: float = 10.0):
@@ -79,7 +79,9 @@ class EASERecommender:
     def fit(ds: Dataset, l2: float, window: int = 0, window_tau: float = 20.0, diag_power: float = 1.0) -> dict:
         G = cooccurrence(ds, window, window_tau)  # [n, n]
         G.diagonal().add_(l2)
-        P = torch.cholesky_inverse(torch.linalg.cholesky(G))  # [n, n], G is symmetric positive definite
+        L, info = torch.linalg.cholesky_ex(G)
+        # [n, n]; a windowed G with a tiny l2 may not be positive definite: then a general inverse
+        P = torch.cholesky_inverse(L) if info.item() == 0 else torch.linalg.inv(G)
         B = -P / P.diagonal()[None, :] ** diag_power  # B_ij = -P_ij / P_jj^g
         B.diagonal().zero_()
         full = torch.zeros(ds.n_items + 1, ds.n_items + 1)

@@ -207,6 +207,19 @@ def test_ease_fit_with_window_and_diag_power(window_ds):
     assert np.allclose(col0 / col1, np.diag(np.linalg.inv(X.T @ X + l2 * np.eye(4))), rtol=1e-4)
 
 
+def test_ease_fits_a_windowed_gram_that_is_not_positive_definite(tmp_path):
+    build_dataset(raw_from_sets({1: [10, 20, 30]}), tmp_path / "ds", holdout=False, name="chain")
+    ds = Dataset(tmp_path / "ds")
+    G = cooccurrence(ds, window=1).double().numpy()
+    assert G.tolist() == [[1, 1, 0], [1, 1, 1], [0, 1, 1]]  # eigenvalues 1 - sqrt(2), 1, 1 + sqrt(2)
+    l2 = 0.1
+    P = np.linalg.inv(G + l2 * np.eye(3))
+    want = -P / np.diag(P)[None, :]
+    np.fill_diagonal(want, 0.0)
+    B = EASERecommender.fit(ds, l2, window=1)["B"]
+    assert np.allclose(B[1:, 1:].numpy(), want, atol=1e-5)
+
+
 class _RiggedScores:
     """Scores that put padding first and the user's own items next: top_k must skip all of them."""
 
