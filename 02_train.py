@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from common.batches import (HISTORY_MODES, MIN_INPUT, NegativeSampler, epoch_batches, gather_future, gather_windows,
@@ -79,6 +80,8 @@ class TrainConfig:
     tied: bool = True
     lr: float = 1e-3
     weight_decay: float = 0.0
+    ema: float = field(default=0.0, metadata={"help": "evaluate and save an exponential moving average of the "
+                                                      "weights with this decay per step (0: off)"})
     batch_size: int = 256
     epochs: int = field(default=200, metadata={"help": "maximum epochs (fixed count without a hold-out)"})
     patience: int = field(default=10, metadata={"help": "epochs without a better Recall@k before stopping"})
@@ -252,6 +255,9 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
         pre = load_pretrained_encoder(model, path, ds)
         print(f"encoder initialised from {path} (pretraining epoch {pre['epoch']}, objectives {pre['objectives']})")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # the weights that are scored and saved: the model itself, or the moving average of its steps
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    kept = ema.module if ema else model
     rng = np.random.default_rng(cfg.seed)
     start_epoch, best, best_epoch, bad_epochs = 0, -math.inf, -1, 0
     last_path, best_path = out / "last.pt", out / "checkpoint.pt"
@@ -259,7 +265,12 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
         if not last_path.exists():
             raise InputError(f"{last_path}: nothing to resume; run without --resume first")
         st = torch.load(last_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(st["state_dict"])
+        if bool(ema) != ("ema" in st):
+            raise InputError(f"{last_path}: written {'with' if 'ema' in st else 'without'} --ema; resume with the "
+                             "settings of the run")
+        model.load_state_dict(st["train_state_dict"] if ema else st["state_dict"])
+        if ema:
+            ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["optimizer"])
         rng.bit_generator.state = st["numpy_rng"]
         torch.set_rng_state(st["torch_rng"])
@@ -272,7 +283,7 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
 
     def save(path: Path, epoch: int, best_score, extra=None):
         save_checkpoint(path, model_type="sasrec", model_args=dataclasses.asdict(args),
-                        state_dict=model.state_dict(), config=config_dict(cfg), ds=ds, epoch=epoch,
+                        state_dict=kept.state_dict(), config=config_dict(cfg), ds=ds, epoch=epoch,
                         best_score=best_score, extra=extra)
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -286,12 +297,14 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
         for examples in bar:
             batch = make_batch(ds, examples, sampler, cfg, device)
             value = optimizer_step(opt, train_loss(model, batch, cfg.loss), f"epoch {epoch} step {steps}", best_path)
+            if ema:
+                ema.update_parameters(model)
             total, steps = total + value, steps + 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
         record = {"epoch": epoch, "loss": total / max(steps, 1)}
         improved = not ds.has_holdout
         if ds.has_holdout:
-            record.update(evaluate(SASRecRecommender(model, ds, device), ds, cfg.k, cfg.eval_batch_size))
+            record.update(evaluate(SASRecRecommender(kept, ds, device), ds, cfg.k, cfg.eval_batch_size))
             score = record[f"recall@{cfg.k}"]
             improved = score > best
             if improved:
@@ -303,8 +316,11 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
         print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         if improved:
             save(best_path, epoch, best if ds.has_holdout else None)
-        save(last_path, epoch, best, {"optimizer": opt.state_dict(), "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                               "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
+        resume = {"optimizer": opt.state_dict(), "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                  "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        if ema:
+            resume.update(train_state_dict=model.state_dict(), ema=ema.state_dict())
+        save(last_path, epoch, best, resume)
         if ds.has_holdout and bad_epochs >= cfg.patience:
             print(f"no better recall@{cfg.k} for {cfg.patience} epochs: stopping")
             break
@@ -322,6 +338,8 @@ def main():
         raise InputError(f"--init-from starts a sasrec model; --model {cfg.model} has no encoder to initialise")
     if not (cfg.recency >= 0 and cfg.recency_tau > 0):
         raise InputError(f"--recency must be >= 0 and --recency-tau > 0, got {cfg.recency} and {cfg.recency_tau}")
+    if not 0 <= cfg.ema < 1:
+        raise InputError(f"--ema must be in [0, 1), got {cfg.ema}")
     if not (cfg.l2 > 0 and cfg.window >= 0 and cfg.window_tau > 0 and cfg.diag_power >= 0):
         raise InputError(f"--l2 and --window-tau must be > 0, --window and --diag-power >= 0, got {cfg.l2}, "
                          f"{cfg.window_tau}, {cfg.window} and {cfg.diag_power}")

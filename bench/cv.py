@@ -38,6 +38,7 @@ RECIPES = {
     "sasrec-holdout": ["--preset", "holdout-ce", "--seed", "0"],
     "sasrec-holdout-s1": ["--preset", "holdout-ce", "--seed", "1"],
     "sasrec-holdout-s2": ["--preset", "holdout-ce", "--seed", "2"],
+    "sasrec-holdout-ema": ["--preset", "holdout-ce", "--seed", "0", "--ema", "0.995"],
 }
 # Blend weights are fixed in advance (not tuned on the splits they are scored on).
 ZSCORE = ["--method", "score", "--norm", "zscore"]

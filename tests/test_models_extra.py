@@ -477,12 +477,13 @@ FLAG_RUNS = {
     "windows": ["--history", "windows"],
     "preln-finalln-untied": ["--pre-ln", "--final-ln", "--no-tied"],
     "bpr4": ["--negatives", "4", "--loss", "bpr"],
+    "ema": ["--ema", "0.9"],
     "holdout-ce": ["--history", "holdout", "--loss", "ce", "--holdout-samples", "2"],
     "preset-holdout": ["--preset", "holdout-ce", "--max-len", "20", "--holdout-samples", "1"],
     "holdout-bpr": ["--history", "holdout", "--loss", "bpr", "--negatives", "4", "--holdout-last", "3",
                     "--holdout-random", "2"],
 }
-INFERENCE_RUNS = ("ease", "ease-recency", "ease-window", "preln-finalln-untied", "holdout-ce")
+INFERENCE_RUNS = ("ease", "ease-recency", "ease-window", "preln-finalln-untied", "holdout-ce", "ema")
 
 
 @pytest.fixture(scope="module")
@@ -535,8 +536,8 @@ def test_flag_trains_end_to_end(flag_runs, name):
 
 
 @pytest.mark.parametrize("flag, value", [("--window", "-1"), ("--window-tau", "0"), ("--diag-power", "-0.5"),
-                                         ("--l2", "0")])
-def test_ease_refuses_bad_settings(flag_runs, flag, value):
+                                         ("--l2", "0"), ("--ema", "1.5")])
+def test_bad_model_settings_are_refused(flag_runs, flag, value):
     p = run_script("02_train.py", "--data", flag_runs["ds"], "--model", "ease", "--no-progress", flag, value)
     assert_one_line_error(p, flag, value)
 

@@ -16,6 +16,7 @@ from conftest import ROOT, load_train_module, make_small_demo
 
 from common.batches import NegativeSampler, gather_windows, window_ends  # noqa: E402
 from common.data import Dataset, build_dataset, pad_rows  # noqa: E402
+from common.io import InputError  # noqa: E402
 from common.model import SASRec, SASRecArgs  # noqa: E402
 from common.readers import RawData  # noqa: E402
 from common.recommend import build_recommender, evaluate, load_checkpoint  # noqa: E402
@@ -423,3 +424,64 @@ def test_non_finite_loss_stops_before_any_weight_changes(tmp_path):
     assert "\n" not in str(e.value)
     assert optimizer_step(opt, layer(torch.ones(1, 3)).sum() ** 2, "epoch 0 step 1", None) >= 0
     assert not all(torch.equal(a, p) for a, p in zip(before, layer.parameters())), "a finite loss steps"
+
+
+# ---------------------------------------------------------------- moving average of the weights
+
+@pytest.fixture(scope="module")
+def ema_demo(tmp_path_factory):
+    return Dataset(make_small_demo(tmp_path_factory.mktemp("ema"), 40, seed=3))
+
+
+def fit_with_ema(train, ds, out: Path, epochs: int, resume: bool = False, ema: float = 0.8):
+    cfg = train.TrainConfig(data=str(ds.root), epochs=epochs, hidden=8, layers=1, heads=1, max_len=8,
+                            batch_size=16, ema=ema, progress=False, threads=1, seed=5, resume=resume)
+    out.mkdir(parents=True, exist_ok=True)
+    train.set_seed(cfg.seed)
+    train.fit_sasrec(cfg, ds, out, torch.device("cpu"))
+
+
+def test_ema_saves_the_moving_average_of_the_steps(ema_demo, tmp_path, monkeypatch):
+    train = load_train_module()
+    steps = []  # every parameter after every optimizer step, in model.parameters() order
+    real_step = train.optimizer_step
+
+    def recording_step(opt, loss, where, kept):
+        value = real_step(opt, loss, where, kept)
+        steps.append([p.detach().clone() for p in opt.param_groups[0]["params"]])
+        return value
+
+    monkeypatch.setattr(train, "optimizer_step", recording_step)
+    decay = 0.8
+    fit_with_ema(train, ema_demo, tmp_path / "run", epochs=1, ema=decay)
+    assert len(steps) >= 3
+    want = [w.clone() for w in steps[0]]  # the first step is copied, later ones are averaged in
+    for later in steps[1:]:
+        want = [decay * e + (1 - decay) * w for e, w in zip(want, later)]
+    saved = list(load_checkpoint(tmp_path / "run" / "checkpoint.pt")["state_dict"].values())
+    assert len(saved) == len(want)
+    for s, w in zip(saved, want):
+        assert torch.allclose(s, w, atol=1e-6)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    trained = list(last["train_state_dict"].values())
+    assert all(torch.equal(t, w) for t, w in zip(trained, steps[-1])), "last.pt keeps the trained weights too"
+    assert not all(torch.allclose(t, s) for t, s in zip(trained, saved)), "the average differs from the last step"
+
+
+def test_ema_run_resumes_exactly(ema_demo, tmp_path):
+    train = load_train_module()
+    fit_with_ema(train, ema_demo, tmp_path / "straight", epochs=2)
+    fit_with_ema(train, ema_demo, tmp_path / "resumed", epochs=1)
+    fit_with_ema(train, ema_demo, tmp_path / "resumed", epochs=2, resume=True)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    for key in ("state_dict", "train_state_dict"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+
+
+def test_resume_refuses_a_different_ema_setting(ema_demo, tmp_path):
+    train = load_train_module()
+    fit_with_ema(train, ema_demo, tmp_path / "run", epochs=1, ema=0.0)
+    with pytest.raises(InputError, match="without --ema"):
+        fit_with_ema(train, ema_demo, tmp_path / "run", epochs=2, resume=True, ema=0.5)
