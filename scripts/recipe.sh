@@ -23,19 +23,18 @@ EASE2_WEIGHT=${EASE2_WEIGHT:-1}
 SEQ_WEIGHT=${SEQ_WEIGHT:-1}
 [ $# -gt 0 ] || { echo "usage: scripts/recipe.sh SEED [SEED ...]" >&2; exit 2; }
 name=$(basename "$DATA")
-ease="${name}-recipe-ease"
-# shellcheck disable=SC2086
-$PY 02_train.py --data "$DATA" --run-name "$ease" $EASE_ARGS
-$PY 03_inference.py "$DATA/runs/$ease/checkpoint.pt" --out-dir "$SUBS"
-files=("$SUBS/$ease.top100.csv")
-weights=("$EASE_WEIGHT")
-if [ -n "$EASE2_ARGS" ]; then
+files=()
+weights=()
+# add_run RUN WEIGHT ARGS: train and infer one run, and add its candidates to the blend
+add_run() {
   # shellcheck disable=SC2086
-  $PY 02_train.py --data "$DATA" --run-name "${ease}2" $EASE2_ARGS
-  $PY 03_inference.py "$DATA/runs/${ease}2/checkpoint.pt" --out-dir "$SUBS"
-  files+=("$SUBS/${ease}2.top100.csv")
-  weights+=("$EASE2_WEIGHT")
-fi
+  $PY 02_train.py --data "$DATA" --run-name "$1" $3
+  $PY 03_inference.py "$DATA/runs/$1/checkpoint.pt" --out-dir "$SUBS"
+  files+=("$SUBS/$1.top100.csv")
+  weights+=("$2")
+}
+add_run "${name}-recipe-ease" "$EASE_WEIGHT" "$EASE_ARGS"
+[ -z "$EASE2_ARGS" ] || add_run "${name}-recipe-ease2" "$EASE2_WEIGHT" "$EASE2_ARGS"
 DATA="$DATA" PY="$PY" SUBS="$SUBS" TAG=recipe-seq TRAIN_ARGS="$SEQ_ARGS" scripts/seeds.sh "$@"
 per_seed=$($PY -c "print($SEQ_WEIGHT / $#)")
 for seed in "$@"; do

@@ -187,14 +187,20 @@ def test_wide_window_without_decay_is_the_plain_gram(ease_ds, window_ds):
     assert not torch.allclose(narrow, cooccurrence(window_ds)), "window 1 drops pairs"
 
 
+def ease_from_gram(G: np.ndarray, l2: float, power: float = 1.0) -> np.ndarray:
+    """Reference B = -P / diag(P)^power with a zero diagonal, P = (G + l2 I)^-1, by numpy's inverse."""
+    P = np.linalg.inv(G + l2 * np.eye(len(G)))
+    B = -P / np.diag(P)[None, :] ** power
+    np.fill_diagonal(B, 0.0)
+    return B
+
+
 def test_ease_fit_with_window_and_diag_power(window_ds):
     l2, g = 0.5, 0.5
-    G = cooccurrence(window_ds, window=2, tau=2.0).double().numpy() + l2 * np.eye(4)
-    P = np.linalg.inv(G)
+    G = cooccurrence(window_ds, window=2, tau=2.0).double().numpy()
     for power in (1.0, g, 0.0):
         B = EASERecommender.fit(window_ds, l2, window=2, window_tau=2.0, diag_power=power)["B"]
-        want = -P / np.diag(P)[None, :] ** power
-        np.fill_diagonal(want, 0.0)
+        want = ease_from_gram(G, l2, power)
         assert torch.all(B[0] == 0) and torch.all(B[:, 0] == 0)
         assert np.allclose(B[1:, 1:].numpy(), want, atol=1e-5), power
     # power 1 is plain EASE on the same Gram: the default
@@ -213,11 +219,8 @@ def test_ease_fits_a_windowed_gram_that_is_not_positive_definite(tmp_path):
     G = cooccurrence(ds, window=1).double().numpy()
     assert G.tolist() == [[1, 1, 0], [1, 1, 1], [0, 1, 1]]  # eigenvalues 1 - sqrt(2), 1, 1 + sqrt(2)
     l2 = 0.1
-    P = np.linalg.inv(G + l2 * np.eye(3))
-    want = -P / np.diag(P)[None, :]
-    np.fill_diagonal(want, 0.0)
     B = EASERecommender.fit(ds, l2, window=1)["B"]
-    assert np.allclose(B[1:, 1:].numpy(), want, atol=1e-5)
+    assert np.allclose(B[1:, 1:].numpy(), ease_from_gram(G, l2), atol=1e-5)
 
 
 class _RiggedScores:
