@@ -1,8 +1,11 @@
 """Raw interactions and side files -> dense, time-ordered artifacts under data/<dataset>/.
 
 Detects the layout (competition, MovieLens csv/dat/100k, S3-Rec txt) unless --format names it.
-With a hold-out (default 5 last + 5 random earlier per user) it also writes the local answers;
---no-holdout keeps everything for training, the mode for the final submission.
+With a hold-out (default 5 last + 5 random earlier per user; --holdout-cutoff q: everything after the
+q-quantile of all timestamps + random earlier ones) it also writes the local test answers, and with
+--validation (default) validation answers carved out of the training part the same way: every choice
+reads those, the test answers are only reported. --no-holdout keeps everything for training, the mode
+for the final submission.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 
 from common.config import parse_config, save_config
 from common.data import NOT_A_YEAR, build_dataset
-from common.io import run_main
+from common.io import InputError, run_main
 from common.readers import FORMATS, read_raw
 from common.utils import set_seed
 
@@ -24,20 +27,30 @@ class PreprocessConfig:
     out: str = field(default="", metadata={"help": "output folder; default data/<dataset>"})
     name: str = field(default="", metadata={"help": "dataset name; default the input's name"})
     holdout: bool = field(default=True, metadata={"help": "write a local hold-out (--no-holdout: train on all)"})
-    holdout_last: int = 5
-    holdout_random: int = 5
+    holdout_last: int = field(default=5, metadata={"help": "latest items per user held out (ignored with a cutoff)"})
+    holdout_random: int = field(default=5, metadata={"help": "randomly dropped earlier items held out per user"})
+    holdout_cutoff: float = field(default=0.0, metadata={
+        "help": "hold out every interaction after this quantile of all timestamps, in (0, 1) (0: per user)"})
+    validation: bool = field(default=True, metadata={
+        "help": "carve validation answers out of the training part the same way (--no-validation: test only)"})
     seed: int = 0
 
 
 def main():
     cfg = parse_config(PreprocessConfig, description=__doc__)
     set_seed(cfg.seed)
+    if cfg.holdout_last < 0 or cfg.holdout_random < 0 or not 0 <= cfg.holdout_cutoff < 1:
+        raise InputError(f"--holdout-last and --holdout-random must be >= 0 and --holdout-cutoff in [0, 1), got "
+                         f"{cfg.holdout_last}, {cfg.holdout_random} and {cfg.holdout_cutoff}")
+    if cfg.holdout and cfg.holdout_cutoff == 0 and cfg.holdout_last + cfg.holdout_random == 0:
+        raise InputError("--holdout-last and --holdout-random are both 0: nothing to hold out (use --no-holdout)")
     t0 = time.time()
     src = Path(cfg.input)
     name = cfg.name or (src.stem if src.is_file() else src.name)
     out = Path(cfg.out or f"data/{name}")
     raw = read_raw(src, cfg.format)
-    s = build_dataset(raw, out, cfg.holdout_last, cfg.holdout_random, cfg.seed, cfg.holdout, name)
+    s = build_dataset(raw, out, cfg.holdout_last, cfg.holdout_random, cfg.seed, cfg.holdout, name,
+                      validation=cfg.validation, cutoff=cfg.holdout_cutoff)
     save_config(cfg, out / "preprocess_config.json")
     print(f"{raw.source}: {s.n_users:,} users, {s.n_items:,} items, {s.n_interactions:,} interactions "
           f"({s.duplicates_dropped:,} repeated pairs dropped), {s.n_attributes:,} attributes")
@@ -47,10 +60,12 @@ def main():
         if n:
             what = "rows ignored" if kind == NOT_A_YEAR else "rows for items without interactions were ignored"
             print(f"note: {kind}: {n:,} {what}")
-    held = f"{s.n_holdout:,} held-out rows for {s.n_holdout_users:,} users" if cfg.holdout else "no hold-out"
+    held = f"{s.n_holdout:,} test answers for {s.n_holdout_users:,} users" if cfg.holdout else "no hold-out"
+    if s.n_valid:
+        held += f", of the training rows {s.n_valid:,} validation answers for {s.n_valid_users:,} users"
     print(f"train {s.n_train:,} rows, {held}")
-    print(f"wrote {out}/ (meta.json, maps.npz, sequences.npz, holdout.npz, answers.csv, attributes.*) "
-          f"in {time.time() - t0:.1f}s")
+    print(f"wrote {out}/ (meta.json, maps.npz, sequences.npz, holdout.npz, valid.npz, answers.csv, "
+          f"valid_answers.csv, attributes.*) in {time.time() - t0:.1f}s")
 
 
 if __name__ == "__main__":

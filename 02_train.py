@@ -9,7 +9,10 @@ flags beside it win.
 --stage pretrain trains the encoder with S3-Rec's self-supervised objectives (AAP, MIP, MAP, SP) on the
 item-attribute table; --init-from <that run> starts fine-tuning from it.
 With a local hold-out every epoch is scored (Recall@10, NDCG@10), the best epoch is kept and training
-stops early. Without one, training runs a fixed --epochs: take the best epoch of a hold-out run.
+stops early. The answers that choose are the validation answers when the dataset has them (--split auto):
+the model trains on the training part without them; --split test trains on the whole training part and
+chooses on the test answers (printed as such). --select last trains exactly --epochs and reads no answers:
+the mode for a refit with an epoch count chosen earlier. Without a hold-out, training runs a fixed --epochs.
 """
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ from tqdm import tqdm
 from common.batches import (HISTORY_MODES, MIN_INPUT, NegativeSampler, epoch_batches, gather_future, gather_windows,
                             holdout_cuts, holdout_examples, holdout_users, window_ends)
 from common.config import config_dict, parse_config, save_config
-from common.data import Dataset
-from common.io import InputError, append_jsonl, keep_epochs_before, run_main
+from common.data import SPLITS, Dataset
+from common.io import InputError, append_jsonl, keep_epochs_before, read_json, run_main
 from common.losses import LOSSES
 from common.model import SASRec, SASRecArgs
 from common.pretrain import PretrainConfig, fit_pretrain, load_pretrained_encoder
@@ -84,6 +87,10 @@ class TrainConfig:
                                                       "weights with this decay per step (0: off)"})
     batch_size: int = 256
     epochs: int = field(default=200, metadata={"help": "maximum epochs (fixed count without a hold-out)"})
+    split: str = field(default="auto", metadata={"choices": ("auto", *SPLITS), "help": "answers that score epochs: "
+                                                 "valid (auto, when the dataset has them) or test"})
+    select: str = field(default="best", metadata={"choices": ("best", "last"), "help": "best: keep the best-scoring "
+                                                  "epoch and stop early; last: train --epochs, read no answers"})
     patience: int = field(default=10, metadata={"help": "epochs without a better Recall@k before stopping"})
     l2: float = field(default=500.0, metadata={"help": "EASE: L2 weight on the item-item matrix"})
     recency: float = field(default=0.0, metadata={"help": "EASE: extra weight of recent items when scoring "
@@ -235,7 +242,7 @@ def fit_closed_form(cfg: TrainConfig, ds: Dataset, out: Path) -> None:
         state, args = EASERecommender.fit(ds, **fit), {**fit, "scoring": scoring}
         rec = EASERecommender(state["B"], ds, **scoring)
     fit_seconds = time.time() - t0
-    metrics = evaluate(rec, ds, cfg.k, cfg.eval_batch_size) if ds.has_holdout else {}
+    metrics = {"answers": ds.split, **evaluate(rec, ds, cfg.k, cfg.eval_batch_size)} if ds.has_holdout else {}
     score = metrics.get(f"recall@{cfg.k}")
     if (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
@@ -243,7 +250,7 @@ def fit_closed_form(cfg: TrainConfig, ds: Dataset, out: Path) -> None:
                                          "seconds": round(time.time() - t0, 3)})
     save_checkpoint(out / "checkpoint.pt", model_type=cfg.model, model_args=args, state_dict=state,
                     config=config_dict(cfg), ds=ds, epoch=0, best_score=score)
-    print(f"{cfg.model}: fitted in {fit_seconds:.1f}s " + (json.dumps(metrics) if metrics else "(no hold-out to score)"))
+    print(f"{cfg.model}: fitted in {fit_seconds:.1f}s " + (json.dumps(metrics) if metrics else "(no answers to score)"))
 
 
 def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -> None:
@@ -280,6 +287,7 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
     elif (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
     sampler = NegativeSampler(ds, rng)
+    scored = ds.has_holdout and cfg.select == "best"  # answers choose the epoch kept
 
     def save(path: Path, epoch: int, best_score, extra=None):
         save_checkpoint(path, model_type="sasrec", model_args=dataclasses.asdict(args),
@@ -302,8 +310,9 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
             total, steps = total + value, steps + 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
         record = {"epoch": epoch, "loss": total / max(steps, 1)}
-        improved = not ds.has_holdout
-        if ds.has_holdout:
+        improved = not scored
+        if scored:
+            record["answers"] = ds.split
             record.update(evaluate(SASRecRecommender(kept, ds, device), ds, cfg.k, cfg.eval_batch_size))
             score = record[f"recall@{cfg.k}"]
             improved = score > best
@@ -315,23 +324,25 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
         append_jsonl(out / "metrics.jsonl", record)
         print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         if improved:
-            save(best_path, epoch, best if ds.has_holdout else None)
+            save(best_path, epoch, best if scored else None)
         resume = {"optimizer": opt.state_dict(), "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                   "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
         if ema:
             resume.update(train_state_dict=model.state_dict(), ema=ema.state_dict())
         save(last_path, epoch, best, resume)
-        if ds.has_holdout and bad_epochs >= cfg.patience:
+        if scored and bad_epochs >= cfg.patience:
             print(f"no better recall@{cfg.k} for {cfg.patience} epochs: stopping")
             break
-    if ds.has_holdout:
-        print(f"best recall@{cfg.k} {best:.4f} at epoch {best_epoch}")
+    if scored:
+        print(f"best recall@{cfg.k} ({ds.answers_label} answers) {best:.4f} at epoch {best_epoch}")
 
 
 def main():
     cfg = parse_config(TrainConfig, description=__doc__, presets=PRESETS)
     set_seed(cfg.seed)
-    ds = Dataset(Path(cfg.data))
+    if cfg.split == "auto":
+        cfg.split = "valid" if read_json(Path(cfg.data) / "meta.json").get("validation") else "test"
+    ds = Dataset(Path(cfg.data), cfg.split)
     if cfg.stage == "pretrain" and (cfg.model != "sasrec" or cfg.init_from):
         raise InputError("--stage pretrain trains the sasrec encoder from scratch; drop --model/--init-from")
     if cfg.init_from and cfg.model != "sasrec":
@@ -370,7 +381,7 @@ def main():
         fit_closed_form(cfg, ds, out)
     else:
         fit_sasrec(cfg, ds, out, device)
-    print(f"wrote {out}/ (checkpoint.pt, config.json, metrics.jsonl)")
+    print(f"wrote {out}/ (checkpoint.pt, config.json, metrics.jsonl); trained on the {ds.split} split's training part")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 
 Every user of the dataset is scored against every item; seen items and padding are excluded.
 The input is each user's training sequence: the whole history for data preprocessed with
---no-holdout (final submission), the training part otherwise (local score printed).
+--no-holdout (final submission), the training part otherwise, scored against the test answers.
+--split valid reads the training part without the validation answers and scores against those
+(files <run>.valid.csv, <run>.valid.top<N>.csv): the candidates for choosing blend weights.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import parse_config, save_config
-from common.data import Dataset
+from common.data import SPLITS, Dataset
 from common.io import InputError, run_main
 from common.metrics import all_metrics
 from common.recommend import build_recommender, check_dataset_matches, load_checkpoint, top_k
@@ -29,6 +31,8 @@ class InferenceConfig:
     k: int = 10
     candidates: int = field(default=100, metadata={"help": "rows per user in the candidates file (0: none)"})
     data: str = field(default="", metadata={"help": "dataset folder; default the one the run was trained on"})
+    split: str = field(default="test", metadata={"choices": SPLITS, "help": "test: input the training part, score "
+                                                 "on test answers; valid: input it without the validation answers"})
     out_dir: str = "submissions"
     batch_size: int = field(default=1024, metadata={"help": "users scored at once"})
     device: str = "auto"
@@ -44,12 +48,12 @@ def main():
     if ckpt.get("stage") == "pretrain":
         raise InputError(f"{ckpt_path}: a pretraining checkpoint recommends nothing; "
                          "fine-tune it first with 02_train.py --init-from <its run>")
-    ds = Dataset(Path(cfg.data or ckpt["data_dir"]))
+    ds = Dataset(Path(cfg.data or ckpt["data_dir"]), cfg.split)
     check_dataset_matches(ckpt, ds, str(ckpt_path))
     n = max(cfg.k, cfg.candidates)
     if n > ds.n_items:
         raise InputError(f"--k/--candidates {n} exceeds the {ds.n_items} items of {ds.root}")
-    run = ckpt_path.parent.name
+    run = ckpt_path.parent.name + (".valid" if cfg.split == "valid" else "")
     device = pick_device(cfg.device, cfg.threads)
     rec = build_recommender(ckpt, ds, device)
 
@@ -75,7 +79,8 @@ def main():
     if ds.has_holdout:
         ev = ds.eval_users()
         metrics = all_metrics(ids[ev, :cfg.k], ds.answers_padded(ev), cfg.k)
-        print(json.dumps({"run": run, "dataset": ds.name, **{k: round(v, 5) for k, v in metrics.items()}}))
+        print(json.dumps({"run": run, "dataset": ds.name, "answers": ds.split,
+                          **{k: round(v, 5) for k, v in metrics.items()}}))
     print(f"wrote {', '.join(wrote)}")
 
 

@@ -4,9 +4,9 @@
   score blending from candidate files:  --method score --norm minmax|zscore (files from 03_inference's .topN.csv)
 
 The output has exactly k unique unseen items per user; short lists are filled with popular items.
---grid searches the weights against the dataset's LOCAL HOLD-OUT answers and uses the best ones:
-the weights are tuned on the hold-out, so its score is optimistic; use the weights on a fresh split
-or on the final (no hold-out) runs.
+--split valid blends validation candidates (03_inference.py --split valid) and scores them against the
+validation answers; --grid there chooses weights honestly: pass them with --weights to the test or final
+files. --grid on the test split chooses on the answers it reports, and says so.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from common.blend import METHODS, NORMS, RRF_C, blend_top_k, contribution_matrix, load_inputs
 from common.config import parse_config, save_config
-from common.data import Dataset
+from common.data import SPLITS, Dataset
 from common.io import InputError, run_main
 from common.metrics import all_metrics
 from common.submission import write_ranked
@@ -34,6 +34,8 @@ class EnsembleConfig:
     rrf_c: float = RRF_C
     k: int = 10
     data: str = field(default="data/demo", metadata={"help": "the dataset the runs were made on"})
+    split: str = field(default="test", metadata={"choices": SPLITS, "help": "which answers (and training part) the "
+                                                 "inputs were made for: test, or valid"})
     out: str = field(default="submissions/blend.csv")
     grid: bool = field(default=False, metadata={"help": "search weights on the local hold-out"})
     grid_values: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -60,7 +62,7 @@ def grid_search(pu, pi, C, ds: Dataset, k: int, values: list[float]):
 
 def main():
     cfg = parse_config(EnsembleConfig, description=__doc__)
-    ds = Dataset(Path(cfg.data))
+    ds = Dataset(Path(cfg.data), cfg.split)
     paths = [Path(p) for p in cfg.inputs]
     weights = cfg.weights or [1.0] * len(paths)
     if len(weights) != len(paths):
@@ -75,7 +77,9 @@ def main():
         weights, table = grid_search(pu, pi, C, ds, cfg.k, cfg.grid_values)
         for score, w in table[:5]:
             print(json.dumps({"weights": w, f"recall@{cfg.k}": round(score, 5)}))
-        print(f"best weights on the local hold-out: {' '.join(f'{w:g}' for w in weights)}")
+        chosen = ("validation answers" if ds.split == "valid"
+                  else "test answers: the score below is chosen on the answers it reports, so it is optimistic")
+        print(f"best weights on the {chosen}: {' '.join(f'{w:g}' for w in weights)}")
     users = np.unique(frames[0]["user"].to_numpy())
     if ds.has_holdout and not np.isin(ds.eval_users(), users).all():
         raise InputError(f"{paths[0]}: some users with hold-out answers in {ds.root} are missing")
@@ -88,7 +92,8 @@ def main():
         ev = ds.eval_users()
         rows = np.searchsorted(users, ev)
         metrics = all_metrics(top[rows], ds.answers_padded(ev), cfg.k)
-        print(json.dumps({"blend": str(out), "weights": list(weights), **{k: round(v, 5) for k, v in metrics.items()}}))
+        print(json.dumps({"blend": str(out), "weights": list(weights), "answers": ds.split,
+                          **{k: round(v, 5) for k, v in metrics.items()}}))
     print(f"wrote {out} ({len(users):,} users x {cfg.k} items) and {out.with_suffix('.json')}")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import parse_config
-from common.data import Dataset, pad_rows
+from common.data import SPLITS, Dataset, pad_rows
 from common.io import InputError, run_main
 from common.metrics import all_metrics
 from common.submission import read_answers, read_ranked, submission_matrix
@@ -22,14 +22,18 @@ from common.submission import read_answers, read_ranked, submission_matrix
 class EvaluateConfig:
     submission: str = field(default="", metadata={"positional": True, "help": "submission CSV (user,item)"})
     data: str = field(default="data/demo", metadata={"help": "preprocessed dataset the submission is for"})
-    answers: str = field(default="", metadata={"help": "answers CSV (user,item, raw ids); default <data>/answers.csv"})
+    answers: str = field(default="", metadata={"help": "answers CSV (user,item, raw ids); default <data>/answers.csv, "
+                                                       "or valid_answers.csv with --split valid"})
+    split: str = field(default="test", metadata={"choices": SPLITS, "help": "score against the test answers or "
+                                                 "the validation answers (seen items: that split's training part)"})
     k: int = 10
 
 
 def main():
     cfg = parse_config(EvaluateConfig, description=__doc__)
-    ds = Dataset(Path(cfg.data))
-    answers_path = Path(cfg.answers) if cfg.answers else ds.root / "answers.csv"
+    ds = Dataset(Path(cfg.data), cfg.split)
+    answers_path = Path(cfg.answers) if cfg.answers else ds.root / ("valid_answers.csv" if cfg.split == "valid"
+                                                                    else "answers.csv")
     if not cfg.answers and not ds.has_holdout:
         raise InputError(f"{ds.root}: preprocessed without a hold-out; pass --answers")
     ans_indptr, ans_items = read_answers(answers_path, ds)
@@ -38,8 +42,10 @@ def main():
     users, mat = submission_matrix(read_ranked(sub_path), ds, sub_path, cfg.k, required_users=answered)
     rows = np.searchsorted(users, answered)
     metrics = all_metrics(mat[rows], pad_rows(ans_indptr, ans_items, answered), cfg.k)
-    print(f"{sub_path}: valid ({len(users):,} users x {cfg.k} items); scored on {len(answered):,} users")
-    print(json.dumps({"submission": str(sub_path), **{k: round(v, 5) for k, v in metrics.items()}}))
+    print(f"{sub_path}: valid ({len(users):,} users x {cfg.k} items); scored on {len(answered):,} users' "
+          f"{'answers from ' + str(answers_path) if cfg.answers else ds.answers_label + ' answers'}")
+    print(json.dumps({"submission": str(sub_path), "answers": "file" if cfg.answers else ds.split,
+                      **{k: round(v, 5) for k, v in metrics.items()}}))
 
 
 if __name__ == "__main__":

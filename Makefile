@@ -6,7 +6,7 @@ DATA ?= data/demo
 SEEDS ?= 1 2 3
 EPOCHS ?= 200
 
-.PHONY: setup demo test seeds recipe clean-demo
+.PHONY: setup demo submission test seeds recipe clean-demo
 TRAIN_ARGS ?=
 TAG ?= sasrec
 
@@ -18,22 +18,18 @@ $(VENV)/.ready: requirements.txt
 
 setup: $(VENV)/.ready
 
-# The whole pipeline on built-in synthetic data, ending with local scores.
+# The whole pipeline on built-in synthetic data in one command: tune on validation answers, print the
+# honest test score, write submissions/demo-final.csv and submissions/demo-report/.
 demo: setup
 	$(PY) 00_make_demo.py --out data/raw/demo --scale small --seed 0
-	$(PY) 01_preprocess.py --input data/raw/demo --holdout-last 5 --holdout-random 5 --seed 0
-	$(PY) 02_train.py --data data/demo --model pop
-	$(PY) 03_inference.py data/demo/runs/demo-pop-s42/checkpoint.pt
-	$(PY) 02_train.py --data data/demo --model sasrec --loss bce --epochs 15 --patience 3
-	$(PY) 03_inference.py data/demo/runs/demo-sasrec-bce-s42/checkpoint.pt
-	$(PY) 02_train.py --data data/demo --model ease --l2 200
-	$(PY) 03_inference.py data/demo/runs/demo-ease-l200-s42/checkpoint.pt
-	$(PY) 04_ensemble.py submissions/demo-ease-l200-s42.top100.csv submissions/demo-sasrec-bce-s42.top100.csv \
-		--method score --norm zscore --data data/demo --out submissions/demo-blend.csv
-	$(PY) 05_evaluate.py submissions/demo-pop-s42.csv --data data/demo
-	$(PY) 05_evaluate.py submissions/demo-sasrec-bce-s42.csv --data data/demo
-	$(PY) 05_evaluate.py submissions/demo-ease-l200-s42.csv --data data/demo
-	$(PY) 05_evaluate.py submissions/demo-blend.csv --data data/demo
+	$(PY) 06_submission.py --input data/raw/demo --recipe recipes/demo.toml
+
+# Raw data + a recipe -> honest test score, final file and report: make submission INPUT=path/to/train_dir
+INPUT ?= data/raw/demo
+RECIPE ?= recipes/default.toml
+SUBMISSION_ARGS ?=
+submission: setup
+	$(PY) 06_submission.py --input $(INPUT) --recipe $(RECIPE) $(SUBMISSION_ARGS)
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -55,4 +51,4 @@ recipe: setup
 		EASE_WEIGHT=$(EASE_WEIGHT) EASE2_WEIGHT=$(EASE2_WEIGHT) SEQ_WEIGHT=$(SEQ_WEIGHT) scripts/recipe.sh $(SEEDS)
 
 clean-demo:
-	rm -rf data/raw/demo data/demo submissions/demo-*
+	rm -rf data/raw/demo data/demo data/demo-split data/demo-full submissions/demo-*

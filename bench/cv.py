@@ -6,7 +6,9 @@
 One split of ml-latest-small has 610 users, so a single hold-out is noisy: compare recipes by the
 mean over splits. Each split is preprocessed with --seed S; every recipe trains and infers on it;
 blends combine the candidate files of their recipes with 04_ensemble.py at fixed weights.
-Prints a Markdown table and appends JSON lines to bench/results/cv.jsonl.
+Every run picks its epoch on the validation answers and is scored on the test answers. --cutoff Q holds
+out by one global time instead (data/cv-<dataset>-c<Q>-<S>). Prints a Markdown table and appends JSON
+lines to bench/results/cv.jsonl.
 """
 from __future__ import annotations
 
@@ -56,9 +58,13 @@ BLENDS = {  # name: (recipes, weights, 04_ensemble arguments)
 }
 
 
-def run_split(dataset: str, seed: int, recipes: list[str], blends: list[str], extra: list[str]) -> list[dict]:
+def run_split(dataset: str, seed: int, recipes: list[str], blends: list[str], extra: list[str],
+              cutoff: float = 0.0) -> list[dict]:
     src, holdout = DATASETS[dataset]
     data = f"data/cv-{dataset}-h{seed}"
+    if cutoff:  # one global time: everything after the cutoff quantile + random earlier items
+        holdout = ["--holdout-cutoff", str(cutoff), "--holdout-random", holdout[holdout.index("--holdout-random") + 1]]
+        data = f"data/cv-{dataset}-c{cutoff:g}-{seed}"
     measure([PY, "01_preprocess.py", "--input", str(src), "--out", data, "--name", Path(data).name,
              "--seed", str(seed), *holdout])
     rows, subs = [], {}
@@ -69,7 +75,7 @@ def run_split(dataset: str, seed: int, recipes: list[str], blends: list[str], ex
         inf = measure([PY, "03_inference.py", f"{data}/runs/{name}/checkpoint.pt",
                        "--out-dir", f"{data}/submissions"])
         subs[name] = f"{data}/submissions/{name}.top100.csv"
-        rows.append({**last_json(inf["stdout"]), "dataset": dataset, "split": seed, "recipe": name,
+        rows.append({**last_json(inf["stdout"]), "dataset": dataset, "split": seed, "cutoff": cutoff, "recipe": name,
                      "train_seconds": m["seconds"], "epochs": len(epochs)})
     for name in blends:
         parts, weights, args = BLENDS[name]
@@ -77,7 +83,7 @@ def run_split(dataset: str, seed: int, recipes: list[str], blends: list[str], ex
             continue
         m = measure([PY, "04_ensemble.py", *[subs[p] for p in parts], "--weights", *map(str, weights),
                      "--data", data, "--out", f"{data}/submissions/{name}.csv", *args])
-        rows.append({**last_json(m["stdout"]), "dataset": dataset, "split": seed, "recipe": name})
+        rows.append({**last_json(m["stdout"]), "dataset": dataset, "split": seed, "cutoff": cutoff, "recipe": name})
     for r in rows:
         report("cv", r)
     return rows
@@ -99,10 +105,11 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=tuple(RECIPES))
     ap.add_argument("--blends", nargs="*", default=list(BLENDS), choices=tuple(BLENDS))
+    ap.add_argument("--cutoff", type=float, default=0.0, help="hold out after this time quantile (0: per user)")
     args, extra = ap.parse_known_args()
     rows = []
     for seed in args.seeds:
-        rows += run_split(args.dataset, seed, args.recipes, args.blends, [a for a in extra if a != "--"])
+        rows += run_split(args.dataset, seed, args.recipes, args.blends, [a for a in extra if a != "--"], args.cutoff)
     print(table(rows))
 
 

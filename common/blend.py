@@ -88,21 +88,27 @@ def popular_order(ds: Dataset) -> np.ndarray:
     return np.lexsort((np.arange(1, ds.n_items + 1), -counts)) + 1
 
 
-def blend_top_k(pu: np.ndarray, pi: np.ndarray, value: np.ndarray, ds: Dataset, k: int,
-                users: np.ndarray) -> np.ndarray:
-    """Top-k items [len(users), k] per user from blended pair values; seen items dropped,
-    short lists filled with the most popular unseen items."""
-    keep = ~seen_mask(ds, pu, pi)
-    pu, pi, value = pu[keep], pi[keep], value[keep]
+def top_k_of_pairs(pu: np.ndarray, pi: np.ndarray, value: np.ndarray, users: np.ndarray, k: int):
+    """The k highest-valued items of each of `users` among the pairs (ties: lower item id).
+
+    Returns (items [len(users), k] with 0 where a user has fewer than k pairs, have [len(users), k] bool)."""
     order = np.lexsort((pi, -value, pu))
     pu, pi = pu[order], pi[order]
     start = np.searchsorted(pu, users)
     end = np.searchsorted(pu, users, side="right")
     out = np.zeros((len(users), k), dtype=np.int64)
-    col = np.arange(k)[None, :]
-    src = start[:, None] + col  # [U, k]
+    src = start[:, None] + np.arange(k)[None, :]  # [U, k]
     have = src < end[:, None]
     out[have] = pi[src[have]]
+    return out, have
+
+
+def blend_top_k(pu: np.ndarray, pi: np.ndarray, value: np.ndarray, ds: Dataset, k: int,
+                users: np.ndarray) -> np.ndarray:
+    """Top-k items [len(users), k] per user from blended pair values; seen items dropped,
+    short lists filled with the most popular unseen items."""
+    keep = ~seen_mask(ds, pu, pi)
+    out, have = top_k_of_pairs(pu[keep], pi[keep], value[keep], users, k)
     short = np.flatnonzero(~have.all(axis=1))
     if len(short):
         pop = popular_order(ds)

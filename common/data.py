@@ -4,8 +4,12 @@ Artifacts under `data/<dataset>/` (numpy arrays and JSON only, no pickles):
   meta.json        format version, sizes, hold-out settings, summary counts
   maps.npz         user_raw[n_users], item_raw[n_items + 1] (item_raw[0] = -1 is padding)
   sequences.npz    indptr[n_users + 1], items[n_train]: each user's training items in time order
-  holdout.npz      indptr[n_users + 1], items[n_holdout]: the local answers (empty without a hold-out)
+  holdout.npz      indptr[n_users + 1], items[n_holdout]: the local test answers (empty without a hold-out)
   answers.csv      the same answers with raw ids, `user,item`
+  valid.npz        indptr[n_users + 1], items[n_valid], positions[n_valid]: validation answers carved out of the
+                   training part by the same procedure, and their flat positions in sequences.npz (empty
+                   without a validation split)
+  valid_answers.csv  the validation answers with raw ids, `user,item`
   attributes.npz   indptr[n_items + 2], ids: attribute ids (1-based, 0 is padding) of each dense item
   attributes.json  attribute names; name of id a is names[a - 1]
 
@@ -15,11 +19,19 @@ Rules:
   * A repeated (user, item) pair keeps its first occurrence in that order; later ones are dropped and counted.
   * Hold-out: for a user with at least last + random + MIN_TRAIN_LEFT interactions, the last `last`
     interactions and `random` uniformly drawn earlier ones are answers. Other users keep everything.
+    With a cutoff quantile q instead: every interaction after the q-quantile of all timestamps, plus
+    `random` uniformly drawn earlier ones, for each user who keeps random + MIN_TRAIN_LEFT earlier ones.
+  * Validation: the same procedure applied again to the training part (another random draw; with a
+    cutoff, the q-quantile of the training part's timestamps). Every choice (epochs, settings, blend
+    weights) reads these answers; the test answers are only reported. A `Dataset` opened with
+    split="valid" trains on what is left and answers with the validation items.
+  * meta.json's fingerprint is a hash of the arrays; a Dataset refuses files that do not match it.
   * A user with a single interaction is kept: it gets recommendations, but gives no training pair.
   * Side rows for items that never occur in the interactions are dropped and counted.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +41,9 @@ import pandas as pd
 from common.io import InputError, atomic_path, read_json, read_npz, write_json, write_npz
 from common.readers import RawData
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SPLITS = ("test", "valid")  # which answers a Dataset view scores against
+FINGERPRINT_FILES = ("maps.npz", "sequences.npz", "holdout.npz", "valid.npz")
 MIN_TRAIN_LEFT = 3  # a held-out user keeps at least this many training interactions
 DECADE = 10
 NOT_A_YEAR = "years (not a number)"  # side_rows_dropped key for year values that are not numbers
@@ -55,39 +69,70 @@ def owner_of(indptr: np.ndarray, positions: np.ndarray) -> np.ndarray:
 def order_and_dedupe(users: np.ndarray, items: np.ndarray, times: np.ndarray):
     """Sort by (user, time, file order); drop repeated (user, item) pairs after the first.
 
-    Returns (users, items, n_dropped) in sorted order.
+    Returns (users, items, times, n_dropped) in sorted order.
     """
     order = np.lexsort((np.arange(len(users)), times, users))
-    users, items = users[order], items[order]
+    users, items, times = users[order], items[order], np.asarray(times)[order]
     key = users.astype(np.int64) * (int(items.max()) + 1) + items
     _, first = np.unique(key, return_index=True)
     keep = np.zeros(len(key), dtype=bool)
     keep[first] = True
-    return users[keep], items[keep], int((~keep).sum())
+    return users[keep], items[keep], times[keep], int((~keep).sum())
 
 
-def split_holdout(indptr: np.ndarray, last: int, n_random: int, seed: int) -> np.ndarray:
+def _draw_earlier(indptr: np.ndarray, candidate: np.ndarray, n_random: int, seed) -> np.ndarray:
+    """Mask of `n_random` rows per user drawn uniformly among its `candidate` rows (all of them if fewer)."""
+    n = int(indptr[-1])
+    user = row_owners(indptr)  # [n]
+    rng = np.random.default_rng(seed)
+    keys = rng.random(n)
+    keys[~candidate] = 2.0  # never drawn
+    order = np.lexsort((keys, user))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - indptr[user[order]]
+    return (rank < n_random) & (keys <= 1.0)
+
+
+def split_holdout(indptr: np.ndarray, last: int, n_random: int, seed, times: np.ndarray | None = None,
+                  cutoff: float = 0.0) -> np.ndarray:
     """Boolean mask over the flat sorted rows: True marks a held-out answer.
 
-    Per user with n >= last + n_random + MIN_TRAIN_LEFT rows: its last `last` rows and
+    cutoff 0: per user with n >= last + n_random + MIN_TRAIN_LEFT rows, its last `last` rows and
     `n_random` rows drawn uniformly from the earlier ones.
+    cutoff q in (0, 1): `times` [n] gives each row's time; every row after the q-quantile t of all
+    times is an answer, plus `n_random` rows drawn from before t, for each user with at least
+    n_random + MIN_TRAIN_LEFT rows before t (a user with nothing after t gets random answers only).
+    Other users keep everything.
     """
     lengths = np.diff(indptr)
     n = int(indptr[-1])
     user = row_owners(indptr)  # [n]
-    pos = np.arange(n) - indptr[user]  # position within the user's sequence
-    size = lengths[user]
-    eligible = size >= last + n_random + MIN_TRAIN_LEFT
-    is_last = eligible & (pos >= size - last)
+    if cutoff:
+        after = np.asarray(times) > np.quantile(times, cutoff)  # [n]
+        before = np.bincount(user[~after], minlength=len(lengths))
+        eligible = (before >= n_random + MIN_TRAIN_LEFT)[user]
+        is_last = eligible & after
+    else:
+        pos = np.arange(n) - indptr[user]  # position within the user's sequence
+        eligible = lengths[user] >= last + n_random + MIN_TRAIN_LEFT
+        is_last = eligible & (pos >= lengths[user] - last)
     if n_random == 0:
         return is_last
-    rng = np.random.default_rng(seed)
-    keys = rng.random(n)
-    keys[~eligible | is_last] = 2.0  # never drawn
-    order = np.lexsort((keys, user))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n) - indptr[user[order]]
-    return is_last | ((rank < n_random) & (keys <= 1.0))
+    return is_last | _draw_earlier(indptr, eligible & ~is_last, n_random, seed)
+
+
+def dataset_fingerprint(root: Path, loaded: dict | None = None) -> str:
+    """sha256 (first 16 hex digits) of the arrays that define a preprocessed dataset.
+
+    `loaded` ({file name: arrays}) saves reading files already in memory."""
+    h = hashlib.sha256()
+    for name in FINGERPRINT_FILES:
+        arrays = (loaded or {}).get(name) or read_npz(Path(root) / name)
+        for key in sorted(arrays):
+            a = np.ascontiguousarray(arrays[key])
+            h.update(f"{name}:{key}:{a.dtype.str}:{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def build_attributes(raw: RawData, item_raw: np.ndarray):
@@ -129,71 +174,126 @@ class BuildSummary:
     n_train: int
     n_holdout: int
     n_holdout_users: int
+    n_valid: int
+    n_valid_users: int
     duplicates_dropped: int
     single_interaction_users: int
     n_attributes: int
     side_rows_dropped: dict
 
 
+def _csr_of(users: np.ndarray, values: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, values) of rows already sorted by user."""
+    return csr_offsets(np.bincount(users, minlength=n_users)), values
+
+
+def _write_answers(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, users: np.ndarray, items: np.ndarray):
+    with atomic_path(path) as tmp:
+        pd.DataFrame({"user": user_raw[users], "item": item_raw[items]}).to_csv(tmp, index=False)
+
+
 def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random: int = 5,
-                  seed: int = 0, holdout: bool = True, name: str = "") -> BuildSummary:
-    """Turn raw interactions into the artifacts listed in the module docstring, written atomically."""
+                  seed: int = 0, holdout: bool = True, name: str = "", validation: bool = False,
+                  cutoff: float = 0.0) -> BuildSummary:
+    """Turn raw interactions into the artifacts listed in the module docstring, written atomically.
+
+    With `validation` the same hold-out procedure runs again on the training part (see the module docstring).
+    """
     if len(raw.users) == 0:
         raise InputError(f"{raw.source}: no interactions")
     user_raw, user_dense = np.unique(raw.users, return_inverse=True)
     item_raw_real, item_dense = np.unique(raw.items, return_inverse=True)
     item_raw = np.concatenate([[-1], item_raw_real]).astype(np.int64)
-    users, items, n_dup = order_and_dedupe(user_dense.astype(np.int64), item_dense.astype(np.int64) + 1, raw.times)
-    indptr = csr_offsets(np.bincount(users, minlength=len(user_raw)))
+    n_users = len(user_raw)
+    users, items, times, n_dup = order_and_dedupe(user_dense.astype(np.int64), item_dense.astype(np.int64) + 1,
+                                                  raw.times)
+    indptr = csr_offsets(np.bincount(users, minlength=n_users))
     lengths = np.diff(indptr)
 
     if holdout:
-        answer = split_holdout(indptr, holdout_last, holdout_random, seed)
+        answer = split_holdout(indptr, holdout_last, holdout_random, seed, times, cutoff)
     else:
         answer = np.zeros(len(users), dtype=bool)
-    tr_indptr = csr_offsets(np.bincount(users[~answer], minlength=len(user_raw)))
-    ho_indptr = csr_offsets(np.bincount(users[answer], minlength=len(user_raw)))
+    tr_users, tr_items, tr_times = users[~answer], items[~answer], times[~answer]
+    tr_indptr = csr_offsets(np.bincount(tr_users, minlength=n_users))
+    if holdout and validation:  # the same procedure on what is left, with another draw
+        valid = split_holdout(tr_indptr, holdout_last, holdout_random, [seed, 1], tr_times, cutoff)
+    else:
+        valid = np.zeros(len(tr_items), dtype=bool)
+    ho_indptr, _ = _csr_of(users[answer], items[answer], n_users)
+    va_indptr, _ = _csr_of(tr_users[valid], tr_items[valid], n_users)
     a_indptr, a_ids, a_names, dropped = build_attributes(raw, item_raw)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_npz(out / "maps.npz", user_raw=user_raw.astype(np.int64), item_raw=item_raw)
-    write_npz(out / "sequences.npz", indptr=tr_indptr, items=items[~answer])
+    write_npz(out / "sequences.npz", indptr=tr_indptr, items=tr_items)
     write_npz(out / "holdout.npz", indptr=ho_indptr, items=items[answer])
+    write_npz(out / "valid.npz", indptr=va_indptr, items=tr_items[valid], positions=np.flatnonzero(valid))
     write_npz(out / "attributes.npz", indptr=a_indptr, ids=a_ids)
     write_json(out / "attributes.json", a_names)
-    answers = pd.DataFrame({"user": user_raw[users[answer]], "item": item_raw[items[answer]]})
-    with atomic_path(out / "answers.csv") as tmp:
-        answers.to_csv(tmp, index=False)
+    _write_answers(out / "answers.csv", user_raw, item_raw, users[answer], items[answer])
+    _write_answers(out / "valid_answers.csv", user_raw, item_raw, tr_users[valid], tr_items[valid])
     summary = BuildSummary(
-        n_users=len(user_raw), n_items=len(item_raw_real), n_interactions=len(users),
+        n_users=n_users, n_items=len(item_raw_real), n_interactions=len(users),
         n_train=int((~answer).sum()), n_holdout=int(answer.sum()),
-        n_holdout_users=int((np.diff(ho_indptr) > 0).sum()), duplicates_dropped=n_dup,
+        n_holdout_users=int((np.diff(ho_indptr) > 0).sum()), n_valid=int(valid.sum()),
+        n_valid_users=int((np.diff(va_indptr) > 0).sum()), duplicates_dropped=n_dup,
         single_interaction_users=int((lengths == 1).sum()), n_attributes=len(a_names),
         side_rows_dropped=dropped)
+    shape = {"last": 0 if cutoff else holdout_last, "random": holdout_random, "seed": seed, "cutoff": cutoff}
     write_json(out / "meta.json", {
         "format_version": FORMAT_VERSION, "dataset": name or out.name, "source": raw.source,
-        "holdout": {"last": holdout_last, "random": holdout_random, "seed": seed} if holdout else None,
-        **summary.__dict__})
+        "holdout": shape if holdout else None, "validation": bool(holdout and validation),
+        "fingerprint": dataset_fingerprint(out), **summary.__dict__})
     return summary
 
 
 class Dataset:
-    """Read-only view of a preprocessed `data/<dataset>/` folder."""
+    """Read-only view of a preprocessed `data/<dataset>/` folder.
 
-    def __init__(self, root: Path):
+    split="test" (default): the training part, scored against the test answers.
+    split="valid": the training part without the validation answers, scored against them.
+    """
+
+    def __init__(self, root: Path, split: str = "test"):
         self.root = Path(root)
         self.meta = read_json(self.root / "meta.json")
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise InputError(f"{self.root / 'meta.json'}: format_version {self.meta.get('format_version')} "
                              f"is not {FORMAT_VERSION}; run 01_preprocess.py again")
-        maps = read_npz(self.root / "maps.npz")
-        self.user_raw, self.item_raw = maps["user_raw"], maps["item_raw"]
-        seq = read_npz(self.root / "sequences.npz")
-        self.indptr, self.items = seq["indptr"], seq["items"]
-        ho = read_npz(self.root / "holdout.npz")
-        self.ans_indptr, self.ans_items = ho["indptr"], ho["items"]
+        if split not in SPLITS:
+            raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+        loaded = {name: read_npz(self.root / name) for name in FINGERPRINT_FILES}
+        self.fingerprint = dataset_fingerprint(self.root, loaded)
+        if self.fingerprint != self.meta.get("fingerprint"):
+            raise InputError(f"{self.root}: its arrays do not match the fingerprint in meta.json (a preprocessing "
+                             "run was interrupted or files were changed); run 01_preprocess.py again")
+        self.user_raw, self.item_raw = loaded["maps.npz"]["user_raw"], loaded["maps.npz"]["item_raw"]
+        self.indptr, self.items = loaded["sequences.npz"]["indptr"], loaded["sequences.npz"]["items"]
+        self.split = split
+        answers = loaded["holdout.npz"]
+        if split == "valid":
+            if not self.meta.get("validation"):
+                raise InputError(f"{self.root}: preprocessed without a validation split; run 01_preprocess.py "
+                                 "with a hold-out and --validation")
+            answers = loaded["valid.npz"]
+            keep = np.ones(len(self.items), dtype=bool)
+            keep[answers["positions"]] = False
+            owner = row_owners(self.indptr)
+            self.indptr = csr_offsets(np.bincount(owner[keep], minlength=len(self.user_raw)))
+            self.items = self.items[keep]
+        self.ans_indptr, self.ans_items = answers["indptr"], answers["items"]
         self._attr = None
+
+    @property
+    def answers_label(self) -> str:
+        """Which answers this view scores against, as printed beside every score."""
+        return "validation" if self.split == "valid" else "test"
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.meta.get("validation"))
 
     @property
     def name(self) -> str:

@@ -113,7 +113,8 @@ def save_checkpoint(path: Path, *, model_type: str, model_args: dict, state_dict
     payload = {
         "version": CHECKPOINT_VERSION, "model_type": model_type, "model_args": model_args,
         "state_dict": state_dict, "config": config, "data_dir": str(ds.root.resolve()),
-        "dataset": ds.name, "user_raw": torch.from_numpy(ds.user_raw), "item_raw": torch.from_numpy(ds.item_raw),
+        "dataset": ds.name, "data_fingerprint": ds.fingerprint, "split": ds.split,
+        "user_raw": torch.from_numpy(ds.user_raw), "item_raw": torch.from_numpy(ds.item_raw),
         "epoch": epoch, "best_score": best_score, **(extra or {}),
     }
     with atomic_path(path) as tmp:
@@ -134,9 +135,13 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def check_dataset_matches(ckpt: dict, ds: Dataset, where: str) -> None:
+    """Refuse a checkpoint made on other data: other id maps, or the same ids with other splits."""
     if not (np.array_equal(ckpt["item_raw"].numpy(), ds.item_raw)
             and np.array_equal(ckpt["user_raw"].numpy(), ds.user_raw)):
         raise InputError(f"{where}: its id maps differ from {ds.root}; preprocess and train on the same data")
+    if ckpt.get("data_fingerprint") != ds.fingerprint:
+        raise InputError(f"{where}: trained on data with fingerprint {ckpt.get('data_fingerprint')}, but {ds.root} "
+                         f"is now {ds.fingerprint} (preprocessed again?); train again on it")
 
 
 def build_recommender(ckpt: dict, ds: Dataset, device: torch.device):

@@ -315,7 +315,7 @@ def test_build_dataset_holdout(tmp_path):
     assert meta["n_holdout"] == s.n_holdout == n_eligible * (L + R)
     assert meta["n_holdout_users"] == n_eligible
     assert meta["n_train"] + meta["n_holdout"] == meta["n_interactions"] == len(raw.users)
-    assert meta["holdout"] == {"last": L, "random": R, "seed": seed}
+    assert meta["holdout"] == {"last": L, "random": R, "seed": seed, "cutoff": 0.0}
 
     # answers.csv is the same hold-out in raw ids
     csv = pd.read_csv(tmp_path / "a" / "answers.csv")

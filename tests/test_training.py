@@ -308,7 +308,8 @@ def test_checkpoint_round_trip(demo_ds, run_seed1):
     ckpt = load_checkpoint(run_seed1 / "checkpoint.pt")
     for key in ("model_args", "state_dict", "config", "user_raw", "item_raw", "epoch", "best_score", "data_dir"):
         assert key in ckpt, f"checkpoint lacks {key}"
-    ds = Dataset(demo_ds)
+    ds = Dataset(demo_ds, ckpt["split"])  # the run trained and chose its epoch on the validation split
+    assert ckpt["split"] == "valid" and ckpt["data_fingerprint"] == ds.fingerprint
     assert ckpt["model_type"] == "sasrec"
     assert ckpt["epoch"] == 0
     assert Path(ckpt["data_dir"]) == demo_ds.resolve()

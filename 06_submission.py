@@ -1,0 +1,160 @@
+"""Raw data + a recipe -> an honest local test score and the final submission, in one command.
+
+  1. preprocess the input twice: <name>-split (test hold-out, validation carved out of its training part)
+     and <name>-full (everything, no hold-out)
+  2. tune on the validation answers: every member's grid and best epoch, then the blend weights
+  3. refit each member at its chosen settings on the split's training part and score it, and the blend,
+     on the test answers, which no step chose on
+  4. refit on the full data and blend into submissions/<name>-final.csv
+  5. write submissions/<name>-report/ (report.md, report.json, a learning-curve PNG per member)
+
+Runs are keyed by their settings and the fingerprint of their data: a second call reuses what is done,
+resumes what was interrupted, and never reuses a run made on other data. See common/recipe.py for the
+recipe file and common/pipeline.py for the rules.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import parse_config, save_config
+from common.data import Dataset
+from common.io import InputError, run_main
+from common.pipeline import Runner, blend_runs, refit_flags, tune_member, tune_weights
+from common.readers import FORMATS
+from common.recipe import TUNE, load_recipe
+from common.report import write_report
+from common.submission import write_ranked
+from common.utils import set_seed
+
+
+@dataclass
+class SubmissionConfig:
+    input: str = field(default="data/raw/demo", metadata={"help": "raw folder, or an S3-Rec <name>.txt"})
+    recipe: str = field(default="recipes/default.toml", metadata={"help": "recipe TOML file"})
+    name: str = field(default="", metadata={"help": "name of the data sets and files; default the input's name"})
+    format: str = field(default="auto", metadata={"choices": FORMATS})
+    holdout_last: int = field(default=5, metadata={"help": "test (and validation) hold-out: latest items per user"})
+    holdout_random: int = field(default=5, metadata={"help": "hold-out: randomly dropped earlier items per user"})
+    holdout_cutoff: float = field(default=0.0, metadata={"help": "hold out everything after this time quantile "
+                                                                 "instead of the latest items (0: per user)"})
+    seed: int = field(default=0, metadata={"help": "seed of the hold-out draws (training seeds are the recipe's)"})
+    data_dir: str = field(default="data", metadata={"help": "where <name>-split/ and <name>-full/ go"})
+    out_dir: str = field(default="submissions", metadata={"help": "where the final file and the report go"})
+    final: bool = field(default=True, metadata={"help": "refit on the full data and write the final file "
+                                                        "(--no-final: stop after the test score)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads per run (0: one per core)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+
+
+def member_scores(recipe, runs: dict, ds: Dataset, k: int) -> dict:
+    """Each member alone (its seeds blended equally) on the answers of `ds`."""
+    return {m.name: blend_runs(recipe, runs, {m.name: 1.0}, ds, [m])[2] for m in recipe.members if m.name in runs}
+
+
+def main():
+    cfg = parse_config(SubmissionConfig, description=__doc__)
+    set_seed(cfg.seed)
+    t0 = time.time()
+    recipe = load_recipe(Path(cfg.recipe))
+    src = Path(cfg.input)
+    if not src.exists():
+        raise InputError(f"{src}: input not found")
+    name = cfg.name or (src.stem if src.is_file() else src.name)
+    data_dir, out_dir = Path(cfg.data_dir), Path(cfg.out_dir)
+    split_root, full_root = data_dir / f"{name}-split", data_dir / f"{name}-full"
+    report_dir = out_dir / f"{name}-report"
+    runner = Runner(recipe, cfg.threads, cfg.device, report_dir / "logs")
+    k = recipe.k
+
+    print(f"1/5 preprocess {src} -> {split_root} (test + validation answers)"
+          + (f" and {full_root} (no hold-out)" if cfg.final else ""))
+    holdout = ["--holdout-last", str(cfg.holdout_last), "--holdout-random", str(cfg.holdout_random),
+               "--holdout-cutoff", str(cfg.holdout_cutoff), "--seed", str(cfg.seed)]
+    base = ["01_preprocess.py", "--input", str(src), "--format", cfg.format]
+    runner.child("preprocess split", [*base, "--out", split_root, "--name", split_root.name, *holdout,
+                                      "--validation"], report_dir / "logs" / "preprocess-split.txt")
+    if cfg.final:
+        runner.child("preprocess full", [*base, "--out", full_root, "--name", full_root.name, "--no-holdout"],
+                     report_dir / "logs" / "preprocess-full.txt")
+    valid_ds, test_ds = Dataset(split_root, "valid"), Dataset(split_root, "test")
+    if not valid_ds.has_holdout:
+        raise InputError(f"{split_root}: no user is long enough for validation answers; lower --holdout-last/"
+                         "--holdout-random")
+
+    print(f"2/5 tune {len(recipe.members)} members on the validation answers of {split_root}")
+    tuned = {m.name: tune_member(runner, m, split_root, valid_ds.fingerprint, k) for m in recipe.members}
+    tune_runs = {n: t["runs"] for n, t in tuned.items()}
+    weights, valid_blend, trace = tune_weights(recipe, tune_runs, valid_ds)
+    print(f"  weights {json.dumps(weights)}: validation recall@{k} {valid_blend:.4f}")
+
+    print("3/5 refit each member on the split's training part; score on the test answers")
+    test_runs = {m.name: [runner.fit(split_root, test_ds.fingerprint, "test", m, r["seed"],
+                                     refit_flags(recipe, tuned[m.name], r), "test") for r in tune_runs[m.name]]
+                 for m in recipe.members}
+    _, _, test_blend = blend_runs(recipe, test_runs, weights, test_ds)
+    test_members = member_scores(recipe, test_runs, test_ds, k)
+    for m in recipe.members:
+        print(f"  test recall@{k} of {m.name} alone: {test_members[m.name][f'recall@{k}']:.4f}")
+    print(f"  honest test score of the blend: {json.dumps({a: round(v, 5) for a, v in test_blend.items()})}")
+
+    final_file, final_runs = None, {}
+    if cfg.final:
+        print(f"4/5 refit the members with weight > 0 on {full_root} and blend")
+        full_ds = Dataset(full_root)
+        kept = [m for m in recipe.members if weights[m.name] > 0]
+        final_runs = {m.name: [runner.fit(full_root, full_ds.fingerprint, "final", m, r["seed"],
+                                          refit_flags(recipe, tuned[m.name], r), "test") for r in tune_runs[m.name]]
+                      for m in kept}
+        users, top, _ = blend_runs(recipe, final_runs, weights, full_ds, kept)
+        final_file = out_dir / f"{name}-final.csv"
+        write_ranked(final_file, full_ds.user_raw[users], full_ds.item_raw[top])
+    else:
+        print("4/5 skipped (--no-final)")
+
+    print(f"5/5 report -> {report_dir}/")
+    valid_members = member_scores(recipe, tune_runs, valid_ds, k)
+    members = []
+    for m in recipe.members:
+        t = tuned[m.name]
+        seeds = [{"seed": r["seed"], "best_epoch": r["best_epoch"],
+                  "refit_epochs": None if t["closed_form"] else recipe.refit_epochs(r["best_epoch"]),
+                  "valid": r["scores"][f"recall@{k}"], "test": tr["scores"].get(f"recall@{k}"),
+                  "runs": {"tune": r["run"], "test": tr["run"],
+                           "final": final_runs[m.name][i]["run"] if m.name in final_runs else None}}
+                 for i, (r, tr) in enumerate(zip(t["runs"], test_runs[m.name]))]
+        members.append({"name": m.name, "args": m.args, "seeds": m.seeds, "weight_rule": m.weight,
+                        "weight": weights[m.name], "closed_form": t["closed_form"], "chosen": t["chosen"],
+                        "grid": t["grid"], "seeds_detail": seeds, "tune_runs": t["runs"],
+                        "valid": valid_members[m.name], "test": test_members[m.name],
+                        "curve_png": f"{m.name}.png"})
+    steps = runner.steps
+    own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report = {
+        "name": name, "input": str(src), "recipe": recipe.path, "k": k, "config": vars(cfg),
+        "holdout": {"last": cfg.holdout_last, "random": cfg.holdout_random, "cutoff": cfg.holdout_cutoff,
+                    "seed": cfg.seed},
+        "data": {"split": str(split_root), "split_fingerprint": test_ds.fingerprint,
+                 "full": str(full_root) if cfg.final else None},
+        "epoch_rule": f"refit epochs = max(1, round({recipe.epoch_scale:g} x (best validation epoch + 1)))",
+        "members": members,
+        "blend": {"weights": weights, "tuned": [m.name for m in recipe.members if m.weight == TUNE],
+                  "valid": {f"recall@{k}": valid_blend}, "test": test_blend, "trace": trace},
+        "final_file": str(final_file) if final_file else None,
+        "steps": steps, "seconds": round(time.time() - t0, 1),
+        "peak_mb": round(max([s["peak_mb"] for s in steps] + [own_peak]), 1),
+        "orchestrator_peak_mb": round(own_peak, 1),
+    }
+    written = write_report(report_dir, report)
+    save_config(cfg, report_dir / "config.json")
+    print(json.dumps({"blend": name, "answers": "test", "weights": weights,
+                      **{a: round(v, 5) for a, v in test_blend.items()}}))
+    print(f"wrote {', '.join(map(str, ([final_file] if final_file else []) + written))} "
+          f"in {report['seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    run_main(main)

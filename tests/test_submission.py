@@ -1,0 +1,181 @@
+"""06_submission.py end to end on a tiny cut of the demo data: the final file, the report, reuse of finished
+runs, choices that never read the test answers, and runs of another split that are never reused."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.data import Dataset
+from conftest import ROOT, assert_one_line_error, describe, run_script
+
+N_USERS = 150
+RECIPE = '''
+k = 10
+candidates = 30
+weight_grid = [0.0, 0.5, 1.0]
+tune_rounds = 1
+
+[[member]]
+name = "ease"
+args = "--model ease"
+grid = { l2 = [5.0, 200.0] }
+
+[[member]]
+name = "seq"
+args = "--loss ce --hidden 16 --max-len 20 --epochs 3 --patience 2"
+seeds = [7]
+'''
+
+
+def tiny_raw(folder: Path) -> Path:
+    """The demo data's first users, de-duplicated and written in (user, time) order: file order is time order."""
+    p = run_script("00_make_demo.py", "--out", folder, "--seed", "0")
+    assert p.returncode == 0, describe(p)
+    df = pd.read_csv(folder / "train_ratings.csv")
+    df = df[df["user"].isin(np.sort(df["user"].unique())[:N_USERS])]
+    df = df.sort_values(["user", "time"], kind="stable").drop_duplicates(["user", "item"])
+    df.to_csv(folder / "train_ratings.csv", index=False)
+    return folder
+
+
+def change_test_answers(src: Path, dst: Path) -> int:
+    """A copy of `src` whose users' 5 latest items (the test hold-out's 'last' part) are other catalogue items.
+
+    Everything before them is unchanged and the catalogue keeps every item, so the training part and the
+    validation answers are the same; only the test answers differ. Returns the number of rows changed."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name != "train_ratings.csv":
+            (dst / f.name).write_bytes(f.read_bytes())
+    df = pd.read_csv(src / "train_ratings.csv")
+    items = df["item"].to_numpy().copy()
+    counts = pd.Series(items).value_counts().to_dict()
+    catalogue = sorted(counts)
+    rng = np.random.default_rng(0)
+    changed = 0
+    for _, rows in df.groupby("user").indices.items():
+        if len(rows) < 5 + 5 + 3:  # not held out
+            continue
+        have = set(items[rows].tolist())
+        for r in rows[-5:]:
+            if counts[items[r]] < 2:  # the item would leave the catalogue
+                continue
+            new = int(rng.choice(catalogue))
+            while new in have:
+                new = int(rng.choice(catalogue))
+            counts[items[r]] -= 1
+            counts[new] += 1
+            have.add(new)
+            items[r] = new
+            changed += 1
+    df["item"] = items
+    df.to_csv(dst / "train_ratings.csv", index=False)
+    return changed
+
+
+def submit(tmp: Path, raw: Path, name: str, *flags):
+    return run_script("06_submission.py", "--input", raw, "--recipe", tmp / "recipe.toml", "--name", name,
+                      "--data-dir", tmp / "data", "--out-dir", tmp / "subs", "--threads", "1", *flags, timeout=600)
+
+
+def choices(report: dict) -> dict:
+    """Everything the tuning decided: settings, epochs, weights, and the validation scores it read."""
+    return {"weights": report["blend"]["weights"], "valid": report["blend"]["valid"],
+            "members": [(m["name"], m["chosen"], [(s["best_epoch"], s["refit_epochs"], s["valid"])
+                                                 for s in m["seeds_detail"]], m["grid"]) for m in report["members"]]}
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("submission")
+    (tmp / "recipe.toml").write_text(RECIPE)
+    raw = tiny_raw(tmp / "raw")
+    p = submit(tmp, raw, "tiny")
+    return tmp, raw, p
+
+
+def test_end_to_end_final_file_and_report(first):
+    tmp, _, p = first
+    assert p.returncode == 0, describe(p)
+    final = pd.read_csv(tmp / "subs" / "tiny-final.csv")
+    full = Dataset(tmp / "data" / "tiny-full")
+    assert list(final.columns) == ["user", "item"] and not full.has_holdout
+    assert len(final) == 10 * full.n_users and (final.groupby("user")["item"].nunique() == 10).all()
+    assert sorted(final["user"].unique()) == sorted(full.user_raw.tolist())
+    seen = {int(full.user_raw[u]): set(full.item_raw[full.sequence(u)].tolist()) for u in range(full.n_users)}
+    assert not any(i in seen[u] for u, i in zip(final["user"], final["item"])), "a seen item was recommended"
+    report = json.loads((tmp / "subs" / "tiny-report" / "report.json").read_text())
+    assert [m["name"] for m in report["members"]] == ["ease", "seq"]
+    ease, seq = report["members"]
+    assert len(ease["grid"]) == 2 and ease["chosen"] in ({"l2": 5.0}, {"l2": 200.0})
+    best = max(ease["grid"], key=lambda g: g["recall@10"])
+    assert ease["chosen"] == best["settings"], "the grid point with the best validation score is chosen"
+    s = seq["seeds_detail"][0]
+    assert s["refit_epochs"] == s["best_epoch"] + 1, "the documented epoch rule"
+    test_cfg = json.loads((tmp / "data" / "tiny-split" / "runs" / s["runs"]["test"] / "config.json").read_text())
+    assert test_cfg["epochs"] == s["refit_epochs"] and test_cfg["select"] == "last" and test_cfg["split"] == "test"
+    assert 0 < report["blend"]["test"]["recall@10"] <= 1 and "recall@10" in report["blend"]["valid"]
+    for m in report["members"]:
+        assert (tmp / "subs" / "tiny-report" / m["curve_png"]).read_bytes()[:4] == b"\x89PNG"
+        assert 0 <= m["test"]["recall@10"] <= 1
+    md = (tmp / "subs" / "tiny-report" / "report.md").read_text()
+    assert "validation" in md and "test" in md and "| **blend** |" in md
+    assert all(st["seconds"] >= 0 and st["peak_mb"] > 0 for st in report["steps"])
+    assert '"answers": "test"' in p.stdout and "honest test score" in p.stdout
+
+
+def test_second_call_reuses_every_run(first):
+    tmp, raw, p = first
+    before = (tmp / "subs" / "tiny-final.csv").read_bytes()
+    again = submit(tmp, raw, "tiny")
+    assert again.returncode == 0, describe(again)
+    assert "  train " not in again.stdout, "a finished run was trained again"
+    weights = json.loads((tmp / "subs" / "tiny-report" / "report.json").read_text())["blend"]["weights"]
+    kept = sum(w > 0 for w in weights.values())  # the final phase refits only members with weight > 0
+    assert again.stdout.count("reused") == 3 + 2 + kept  # tune (2 grid points + seq), test, final
+    assert (tmp / "subs" / "tiny-final.csv").read_bytes() == before
+
+
+def test_changing_the_test_answers_changes_no_choice(first):
+    tmp, raw, p = first
+    other = tmp / "raw-other"
+    assert change_test_answers(raw, other) > 50
+    q = submit(tmp, other, "tiny-other", "--no-final")
+    assert q.returncode == 0, describe(q)
+    a = Dataset(tmp / "data" / "tiny-split")
+    b = Dataset(tmp / "data" / "tiny-other-split")
+    assert a.fingerprint != b.fingerprint and not np.array_equal(a.ans_items, b.ans_items)
+    va, vb = Dataset(a.root, "valid"), Dataset(b.root, "valid")
+    assert np.array_equal(va.items, vb.items) and np.array_equal(va.ans_items, vb.ans_items)
+    ra = json.loads((tmp / "subs" / "tiny-report" / "report.json").read_text())
+    rb = json.loads((tmp / "subs" / "tiny-other-report" / "report.json").read_text())
+    assert choices(ra) == choices(rb)
+    assert ra["blend"]["test"] != rb["blend"]["test"], "the test answers did change"
+
+
+def test_a_run_made_on_another_split_is_never_reused(first):
+    tmp, raw, p = first
+    q = submit(tmp, raw, "tiny", "--seed", "1")  # the same name, another hold-out draw
+    assert q.returncode == 0, describe(q)
+    split = Dataset(tmp / "data" / "tiny-split")
+    assert json.loads((tmp / "data" / "tiny-split" / "meta.json").read_text())["holdout"]["seed"] == 1
+    lines = [x for x in q.stdout.splitlines() if "reused" in x]
+    assert lines and all(x.lstrip().startswith("final ") for x in lines), "only runs on the unchanged full data"
+    report = json.loads((tmp / "subs" / "tiny-report" / "report.json").read_text())
+    for m in report["members"]:
+        for s in m["seeds_detail"]:
+            for phase in ("tune", "test"):
+                step = json.loads((split.root / "runs" / s["runs"][phase] / "step.json").read_text())
+                assert step["fingerprint"] == split.fingerprint
+
+
+def test_bad_recipe_fails_in_one_line(tmp_path):
+    (tmp_path / "r.toml").write_text("[[member]]\nname = 'x'\nweight = 'sometimes'\n")
+    p = run_script("06_submission.py", "--input", ROOT / "data" / "raw" / "nothing", "--recipe", tmp_path / "r.toml",
+                   "--data-dir", tmp_path / "data")
+    assert_one_line_error(p, "r.toml", "weight")
+    assert not (tmp_path / "data").exists()
