@@ -49,6 +49,9 @@ def main():
     name = cfg.name or (src.stem if src.is_file() else src.name)
     out = Path(cfg.out or f"data/{name}")
     raw = read_raw(src, cfg.format)
+    if cfg.holdout and cfg.holdout_cutoff and raw.source == "s3rec":
+        raise InputError(f"{src}: S3-Rec sequences carry no timestamps, so --holdout-cutoff has no time to cut at; "
+                         "use --holdout-last/--holdout-random")
     s = build_dataset(raw, out, cfg.holdout_last, cfg.holdout_random, cfg.seed, cfg.holdout, name,
                       validation=cfg.validation, cutoff=cfg.holdout_cutoff)
     save_config(cfg, out / "preprocess_config.json")

@@ -123,10 +123,12 @@ class TrainConfig:
 def run_name(cfg: TrainConfig, ds: Dataset) -> str:
     if cfg.run_name:
         return cfg.run_name
+    # a run that trains on the test split of data with validation answers has read them: name it apart
+    tail = (["testsplit"] if ds.split == "test" and ds.has_validation else []) + [f"s{cfg.seed}"]
     if cfg.stage == "pretrain":
-        return f"{ds.name}-s3rec-pretrain-s{cfg.seed}"
+        return "-".join([ds.name, "s3rec-pretrain", *tail])
     if cfg.preset:
-        return f"{ds.name}-{cfg.preset}{'-pt' if cfg.init_from else ''}-s{cfg.seed}"
+        return "-".join([ds.name, cfg.preset, *(["pt"] if cfg.init_from else []), *tail])
     parts = [ds.name, cfg.model]
     if cfg.model == "ease":
         parts.append(f"l{cfg.l2:g}")
@@ -142,7 +144,7 @@ def run_name(cfg: TrainConfig, ds: Dataset) -> str:
             parts.append(cfg.history)
         if cfg.init_from:
             parts.append("pt")
-    return "-".join(parts + [f"s{cfg.seed}"])
+    return "-".join(parts + tail)
 
 
 def model_args(cfg: TrainConfig, ds: Dataset) -> SASRecArgs:
@@ -272,6 +274,9 @@ def fit_sasrec(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -
         if not last_path.exists():
             raise InputError(f"{last_path}: nothing to resume; run without --resume first")
         st = torch.load(last_path, map_location="cpu", weights_only=True)
+        if st.get("split") != ds.split or st.get("data_fingerprint") != ds.fingerprint:
+            raise InputError(f"{last_path}: made on the {st.get('split')} split of data {st.get('data_fingerprint')}, "
+                             f"not the {ds.split} split of {ds.root} ({ds.fingerprint}); start a new run")
         if bool(ema) != ("ema" in st):
             raise InputError(f"{last_path}: written {'with' if 'ema' in st else 'without'} --ema; resume with the "
                              "settings of the run")

@@ -42,7 +42,7 @@ def main():
     users, mat = submission_matrix(read_ranked(sub_path), ds, sub_path, cfg.k, required_users=answered)
     rows = np.searchsorted(users, answered)
     metrics = all_metrics(mat[rows], pad_rows(ans_indptr, ans_items, answered), cfg.k)
-    print(f"{sub_path}: valid ({len(users):,} users x {cfg.k} items); scored on {len(answered):,} users' "
+    print(f"{sub_path}: well-formed ({len(users):,} users x {cfg.k} items); scored on {len(answered):,} users' "
           f"{'answers from ' + str(answers_path) if cfg.answers else ds.answers_label + ' answers'}")
     print(json.dumps({"submission": str(sub_path), "answers": "file" if cfg.answers else ds.split,
                       **{k: round(v, 5) for k, v in metrics.items()}}))

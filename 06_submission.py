@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import parse_config, save_config
 from common.data import Dataset
-from common.io import InputError, run_main
+from common.io import InputError, read_json, run_main
 from common.pipeline import Runner, blend_runs, refit_flags, tune_member, tune_weights
 from common.readers import FORMATS
 from common.recipe import TUNE, load_recipe
@@ -88,8 +89,9 @@ def main():
     print(f"2/5 tune {len(recipe.members)} members on the validation answers of {split_root}")
     tuned = {m.name: tune_member(runner, m, split_root, valid_ds.fingerprint, k) for m in recipe.members}
     tune_runs = {n: t["runs"] for n, t in tuned.items()}
-    weights, valid_blend, trace = tune_weights(recipe, tune_runs, valid_ds)
-    print(f"  weights {json.dumps(weights)}: validation recall@{k} {valid_blend:.4f}")
+    weights, _, trace = tune_weights(recipe, tune_runs, valid_ds)
+    _, _, valid_blend = blend_runs(recipe, tune_runs, weights, valid_ds)  # scored like every other blend
+    print(f"  weights {json.dumps(weights)}: validation recall@{k} {valid_blend[f'recall@{k}']:.4f}")
 
     print("3/5 refit each member on the split's training part; score on the test answers")
     test_runs = {m.name: [runner.fit(split_root, test_ds.fingerprint, "test", m, r["seed"],
@@ -134,17 +136,18 @@ def main():
     steps = runner.steps
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {
-        "name": name, "input": str(src), "recipe": recipe.path, "k": k, "config": vars(cfg),
-        "holdout": {"last": cfg.holdout_last, "random": cfg.holdout_random, "cutoff": cfg.holdout_cutoff,
-                    "seed": cfg.seed},
+        "name": name, "input": str(src), "recipe": recipe.path, "recipe_text": recipe.text,
+        "k": k, "config": vars(cfg),
+        "holdout": read_json(split_root / "meta.json")["holdout"],
         "data": {"split": str(split_root), "split_fingerprint": test_ds.fingerprint,
                  "full": str(full_root) if cfg.final else None},
         "epoch_rule": f"refit epochs = max(1, round({recipe.epoch_scale:g} x (best validation epoch + 1)))",
         "members": members,
         "blend": {"weights": weights, "tuned": [m.name for m in recipe.members if m.weight == TUNE],
-                  "valid": {f"recall@{k}": valid_blend}, "test": test_blend, "trace": trace},
+                  "valid": valid_blend, "test": test_blend, "trace": trace},
         "final_file": str(final_file) if final_file else None,
         "steps": steps, "seconds": round(time.time() - t0, 1),
+        "work_seconds": round(sum(s["seconds"] for s in steps), 1),  # reused steps at their first cost
         "peak_mb": round(max([s["peak_mb"] for s in steps] + [own_peak]), 1),
         "orchestrator_peak_mb": round(own_peak, 1),
     }
@@ -156,5 +159,13 @@ def main():
           f"in {report['seconds']:.0f}s")
 
 
+def interruptible():
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    run_main(main)
+    run_main(interruptible)

@@ -86,7 +86,7 @@ class Runner:
     def child(self, what: str, argv: list[str], log: Path) -> dict:
         print(f"  {what} ...", flush=True)
         res = run_child(argv, log)
-        self.steps.append({"step": what, **res})
+        self.steps.append({"step": what, **res, "reused": False})
         print(f"  {what}: {res['seconds']:.1f}s, peak {res['peak_mb']:.0f} MB", flush=True)
         return res
 
@@ -107,6 +107,7 @@ class Runner:
             step = read_json(step_path)
             if step.get("fingerprint") == fingerprint and step.get("train_argv") == train:
                 print(f"  {label}: reused {run_dir}", flush=True)
+                self.steps += [{"step": f"{what} {label}", **step[what], "reused": True} for what in ("train", "infer")]
                 return {**step, "reused": True}
         log = run_dir / "log.txt"
         if not (run_dir / TRAINED_FILE).exists():
@@ -155,6 +156,9 @@ def refit_flags(recipe: Recipe, tuned: dict, run: dict) -> list[str]:
     """Flags of a refit: the chosen settings and, for a trained member, the epochs that the rule gives."""
     flags = settings_flags(tuned["chosen"])
     if not tuned["closed_form"]:
+        if run["best_epoch"] is None:
+            raise InputError(f"{run['run']}: no validation score per epoch to choose the refit's epochs from "
+                             f"(see its metrics.jsonl)")
         flags += ["--epochs", str(recipe.refit_epochs(run["best_epoch"])), "--select", "last"]
     return flags
 

@@ -34,6 +34,14 @@ NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 RECIPE_KEYS = {"k", "candidates", "weight_grid", "tune_rounds", "epoch_scale", "train_args", "member"}
 MEMBER_KEYS = {"name", "args", "seeds", "weight", "grid"}
 DEFAULT_SEED = 42
+# 02_train.py flags that the pipeline sets itself (seeds come from `seeds`, k and devices from the recipe/CLI)
+CONTROLLED = {"--data", "--split", "--select", "--seed", "--run-name", "--resume", "--k", "--device", "--threads",
+              "--progress", "--no-progress"}
+
+
+def _flag_names(args: list[str]) -> set[str]:
+    """The flags among command-line words, '--x=1' counted as '--x'."""
+    return {a.split("=", 1)[0] for a in args if a.startswith("--")}
 
 
 @dataclass
@@ -60,6 +68,7 @@ class Recipe:
     tune_rounds: int = 2
     epoch_scale: float = 1.0
     train_args: list[str] = field(default_factory=list)
+    text: str = ""  # the file as read
 
     def refit_epochs(self, best_epoch: int) -> int:
         """Epochs for a refit on more data: the epochs trained up to the best validation epoch (0-based),
@@ -98,6 +107,8 @@ def _member(raw, path: Path, i: int) -> Member:
     where = f"member '{name}'"
     args = raw.get("args", "")
     _check(isinstance(args, str), path, where, "'args' must be a string of 02_train.py flags")
+    taken = _flag_names(shlex.split(args)) & CONTROLLED
+    _check(not taken, path, where, f"'args' sets {', '.join(sorted(taken))}, which the pipeline sets itself")
     seeds = raw.get("seeds", [DEFAULT_SEED])
     _check(isinstance(seeds, list) and len(seeds) > 0 and all(isinstance(s, int) and not isinstance(s, bool)
                                                              for s in seeds) and len(set(seeds)) == len(seeds),
@@ -111,8 +122,9 @@ def _member(raw, path: Path, i: int) -> Member:
         _check(isinstance(values, list) and len(values) > 0, path, where, f"grid '{key}' must be a non-empty list")
         _check(all(isinstance(v, (int, float, str, bool)) for v in values), path, where,
                f"grid '{key}' values must be numbers, strings or booleans")
-        _check(f"--{key.replace('_', '-')}" not in shlex.split(args), path, where,
+        _check(f"--{key.replace('_', '-')}" not in _flag_names(shlex.split(args)), path, where,
                f"'{key}' is both in 'args' and in the grid")
+        _check(f"--{key.replace('_', '-')}" not in CONTROLLED, path, where, f"grid '{key}' is set by the pipeline")
     return Member(name=name, args=shlex.split(args), seeds=list(seeds),
                   weight=weight if weight == TUNE else float(weight), grid=dict(grid))
 
@@ -123,7 +135,8 @@ def load_recipe(path: Path) -> Recipe:
     if not path.is_file():
         raise InputError(f"{path}: recipe file not found")
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text()
+        raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not valid TOML ({str(e).splitlines()[0]})") from None
     unknown = set(raw) - RECIPE_KEYS
@@ -133,7 +146,7 @@ def load_recipe(path: Path) -> Recipe:
     members = [_member(m, path, i) for i, m in enumerate(members)]
     names = [m.name for m in members]
     _check(len(set(names)) == len(names), path, "top level", "member names must be distinct")
-    recipe = Recipe(path=str(path), members=members)
+    recipe = Recipe(path=str(path), members=members, text=text)
     for key in ("k", "candidates", "tune_rounds"):
         if key in raw:
             _check(isinstance(raw[key], int) and not isinstance(raw[key], bool) and raw[key] >= 1, path, key,
@@ -151,6 +164,8 @@ def load_recipe(path: Path) -> Recipe:
     if "train_args" in raw:
         _check(isinstance(raw["train_args"], str), path, "train_args", "must be a string of 02_train.py flags")
         recipe.train_args = shlex.split(raw["train_args"])
+        taken = _flag_names(recipe.train_args) & CONTROLLED
+        _check(not taken, path, "train_args", f"sets {', '.join(sorted(taken))}, which the pipeline sets itself")
     fixed = [m.weight for m in members if m.weight != TUNE]
     _check(any(m.weight == TUNE for m in members) or sum(fixed) > 0, path, "weights", "the fixed weights are all 0")
     return recipe

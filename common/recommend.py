@@ -142,6 +142,9 @@ def check_dataset_matches(ckpt: dict, ds: Dataset, where: str) -> None:
     if ckpt.get("data_fingerprint") != ds.fingerprint:
         raise InputError(f"{where}: trained on data with fingerprint {ckpt.get('data_fingerprint')}, but {ds.root} "
                          f"is now {ds.fingerprint} (preprocessed again?); train again on it")
+    if ds.split == "valid" and ckpt.get("split") == "test":
+        raise InputError(f"{where}: trained on the test split's training part, which holds the validation answers; "
+                         "score it on the test split, or train with --split valid")
 
 
 def build_recommender(ckpt: dict, ds: Dataset, device: torch.device):

@@ -69,8 +69,10 @@ def markdown(report: dict) -> str:
                          f"| {_fmt(s['test'])} |")
         lines += ["", f"![{m['name']}]({m['curve_png']})", ""]
     lines += ["## Steps", "", "| step | seconds | peak MB |", "| --- | --- | --- |"]
-    lines += [f"| {s['step']} | {s['seconds']:.1f} | {s['peak_mb']:.0f} |" for s in report["steps"]]
-    lines += ["", f"Total {report['seconds']:.0f} s; the largest peak of one step {report['peak_mb']:.0f} MB.", ""]
+    lines += [f"| {s['step']}{' (reused)' if s.get('reused') else ''} | {s['seconds']:.1f} | {s['peak_mb']:.0f} |"
+              for s in report["steps"]]
+    lines += ["", f"This call took {report['seconds']:.0f} s; all steps, reused ones at the cost of their first run, "
+              f"{report['work_seconds']:.0f} s. The largest peak of one step: {report['peak_mb']:.0f} MB.", ""]
     return "\n".join(lines)
 
 

@@ -165,15 +165,18 @@ def test_preprocess_refuses_bad_holdout_flags(tmp_path):
 # ---------------------------------------------------------------- recipe files
 
 GOOD = '''
-k = 10
-candidates = 20
-weight_grid = [0, 0.5, 1]
 epoch_scale = 1.5
+weight_grid = [0, 0.5, 1]
+candidates = 20
 
 [[member]]
 name = "ease"
 args = "--model ease"
-grid = { l2 = [50.0, 200.0], window = [0, 20], pre_ln = [true] }
+
+[member.grid]  # the same as grid = { ... }
+l2 = [50.0, 200.0]
+window = [0, 20]
+pre_ln = [true]
 
 [[member]]
 name = "seq"
@@ -239,3 +242,40 @@ def test_meta_records_the_split_shape(tmp_path):
     assert meta["holdout"] == {"last": 0, "random": 2, "seed": 5, "cutoff": 0.8} and meta["validation"] is True
     assert meta["n_valid"] > 0 and len(meta["fingerprint"]) == 16
     assert Path(tmp_path / "m" / "valid_answers.csv").read_text().startswith("user,item\n")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[[member]]\nname = 'a'\nargs = '--seed 3'\n", "--seed"),
+    ("[[member]]\nname = 'a'\nargs = '--select=last'\n", "--select"),
+    ("[[member]]\nname = 'a'\ngrid = { split = ['test'] }\n", "grid 'split'"),
+    ("train_args = '--k 20'\n[[member]]\nname = 'a'\n", "--k"),
+    ("[[member]]\nname = 'a'\nargs = '--l2=5'\ngrid = { l2 = [1.0] }\n", "both in 'args' and in the grid"),
+])
+def test_recipe_refuses_flags_the_pipeline_sets(tmp_path, text, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match="pipeline|both in") as e:
+        load_recipe(path)
+    assert fragment in str(e.value) and str(path) in str(e.value)
+
+
+def test_cutoff_needs_timestamps(tmp_path):
+    src = tmp_path / "Toy.txt"
+    src.write_text("".join(f"{u} " + " ".join(str(i) for i in range(1, 15)) + "\n" for u in range(1, 4)))
+    p = run_script("01_preprocess.py", "--input", src, "--out", tmp_path / "o", "--holdout-cutoff", "0.8")
+    assert_one_line_error(p, "Toy.txt", "no timestamps", "--holdout-cutoff")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_that_read_the_validation_answers_cannot_score_them(tmp_path):
+    raw = tmp_path / "raw"
+    assert run_script("00_make_demo.py", "--out", raw).returncode == 0
+    ds = tmp_path / "ds"
+    assert run_script("01_preprocess.py", "--input", raw, "--out", ds).returncode == 0
+    p = run_script("02_train.py", "--data", ds, "--model", "pop", "--split", "test")
+    assert p.returncode == 0, p.stderr
+    run = ds / "runs" / "raw-pop-testsplit-s42"  # named apart from the default validation run
+    p = run_script("03_inference.py", run / "checkpoint.pt", "--split", "valid", "--out-dir", tmp_path / "subs")
+    assert_one_line_error(p, "checkpoint.pt", "validation answers")
+    p = run_script("03_inference.py", run / "checkpoint.pt", "--out-dir", tmp_path / "subs")
+    assert p.returncode == 0 and '"answers": "test"' in p.stdout

@@ -179,3 +179,45 @@ def test_bad_recipe_fails_in_one_line(tmp_path):
                    "--data-dir", tmp_path / "data")
     assert_one_line_error(p, "r.toml", "weight")
     assert not (tmp_path / "data").exists()
+
+
+def test_tune_weights_keeps_the_member_that_finds_the_answers(tmp_path):
+    """Member 'a' lists each user's validation answers first, 'b' lists unseen items that are not answers:
+    coordinate ascent over [0, 1] drops 'b'; a fixed weight is never changed."""
+    from common.data import build_dataset
+    from common.pipeline import tune_weights
+    from common.readers import RawData
+    from common.recipe import Member, Recipe
+    from common.submission import write_ranked
+    rng = np.random.default_rng(0)
+    users, items, times = [], [], []
+    for u in range(30):
+        its = rng.choice(np.arange(1, 200), size=40, replace=False)
+        users += [u] * 40
+        items += its.tolist()
+        times += list(range(40))
+    build_dataset(RawData(np.array(users), np.array(items), np.array(times, dtype=float), "hand"), tmp_path / "d",
+                  2, 2, validation=True)
+    ds = Dataset(tmp_path / "d", "valid")
+    n, K = ds.n_users, 12
+    good = np.zeros((n, K), dtype=np.int64)
+    bad = np.zeros((n, K), dtype=np.int64)
+    for u in range(n):
+        seen = set(ds.sequence(u).tolist())
+        answers = ds.ans_items[ds.ans_indptr[u]:ds.ans_indptr[u + 1]].tolist()
+        others = [i for i in range(1, ds.n_items + 1) if i not in seen and i not in answers]
+        good[u] = (answers + others)[:K]
+        bad[u] = others[-K:]
+    scores = np.tile(np.arange(K, 0, -1, dtype=np.float64), (n, 1))  # falling with rank
+    runs = {}
+    for name, top in (("a", good), ("b", bad)):
+        path = tmp_path / f"{name}.csv"
+        write_ranked(path, ds.user_raw, ds.item_raw[top], scores)
+        runs[name] = [{"candidates": str(path)}]
+    recipe = Recipe(path="r", members=[Member("a", []), Member("b", [])], k=4, weight_grid=[0.0, 1.0])
+    weights, best, trace = tune_weights(recipe, runs, ds)
+    assert weights == {"a": 1.0, "b": 0.0}
+    assert best == pytest.approx(1.0) and trace[0]["weights"] == {"a": 1.0, "b": 1.0}
+    fixed = Recipe(path="r", members=[Member("a", [], weight=0.5), Member("b", [])], k=4, weight_grid=[0.0, 1.0])
+    weights, _, _ = tune_weights(fixed, runs, ds)
+    assert weights == {"a": 0.5, "b": 0.0}
