@@ -51,7 +51,7 @@ class SubmissionConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
 
 
-def member_scores(recipe, runs: dict, ds: Dataset, k: int) -> dict:
+def member_scores(recipe, runs: dict, ds: Dataset) -> dict:
     """Each member alone (its seeds blended equally) on the answers of `ds`."""
     return {m.name: blend_runs(recipe, runs, {m.name: 1.0}, ds, [m])[2] for m in recipe.members if m.name in runs}
 
@@ -68,7 +68,7 @@ def main():
     data_dir, out_dir = Path(cfg.data_dir), Path(cfg.out_dir)
     split_root, full_root = data_dir / f"{name}-split", data_dir / f"{name}-full"
     report_dir = out_dir / f"{name}-report"
-    runner = Runner(recipe, cfg.threads, cfg.device, report_dir / "logs")
+    runner = Runner(recipe, cfg.threads, cfg.device)
     k = recipe.k
 
     print(f"1/5 preprocess {src} -> {split_root} (test + validation answers)"
@@ -98,7 +98,7 @@ def main():
                                      refit_flags(recipe, tuned[m.name], r), "test") for r in tune_runs[m.name]]
                  for m in recipe.members}
     _, _, test_blend = blend_runs(recipe, test_runs, weights, test_ds)
-    test_members = member_scores(recipe, test_runs, test_ds, k)
+    test_members = member_scores(recipe, test_runs, test_ds)
     for m in recipe.members:
         print(f"  test recall@{k} of {m.name} alone: {test_members[m.name][f'recall@{k}']:.4f}")
     print(f"  honest test score of the blend: {json.dumps({a: round(v, 5) for a, v in test_blend.items()})}")
@@ -118,7 +118,7 @@ def main():
         print("4/5 skipped (--no-final)")
 
     print(f"5/5 report -> {report_dir}/")
-    valid_members = member_scores(recipe, tune_runs, valid_ds, k)
+    valid_members = member_scores(recipe, tune_runs, valid_ds)
     members = []
     for m in recipe.members:
         t = tuned[m.name]

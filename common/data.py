@@ -182,11 +182,6 @@ class BuildSummary:
     side_rows_dropped: dict
 
 
-def _csr_of(users: np.ndarray, values: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indptr, values) of rows already sorted by user."""
-    return csr_offsets(np.bincount(users, minlength=n_users)), values
-
-
 def _write_answers(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, users: np.ndarray, items: np.ndarray):
     with atomic_path(path) as tmp:
         pd.DataFrame({"user": user_raw[users], "item": item_raw[items]}).to_csv(tmp, index=False)
@@ -220,8 +215,8 @@ def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random
         valid = split_holdout(tr_indptr, holdout_last, holdout_random, [seed, 1], tr_times, cutoff)
     else:
         valid = np.zeros(len(tr_items), dtype=bool)
-    ho_indptr, _ = _csr_of(users[answer], items[answer], n_users)
-    va_indptr, _ = _csr_of(tr_users[valid], tr_items[valid], n_users)
+    ho_indptr = csr_offsets(np.bincount(users[answer], minlength=n_users))
+    va_indptr = csr_offsets(np.bincount(tr_users[valid], minlength=n_users))
     a_indptr, a_ids, a_names, dropped = build_attributes(raw, item_raw)
 
     out = Path(out)

@@ -78,8 +78,8 @@ def read_curve(run_dir: Path, k: int) -> list[dict]:
 class Runner:
     """Runs the members' fits and inferences, reusing what is done; `steps` logs every child process."""
 
-    def __init__(self, recipe: Recipe, threads: int, device: str, log: Path):
-        self.recipe, self.log = recipe, log
+    def __init__(self, recipe: Recipe, threads: int, device: str):
+        self.recipe = recipe
         self.common = ["--threads", str(threads), "--device", device]
         self.steps: list[dict] = []
 
@@ -110,12 +110,13 @@ class Runner:
                 self.steps += [{"step": f"{what} {label}", **step[what], "reused": True} for what in ("train", "infer")]
                 return {**step, "reused": True}
         log = run_dir / "log.txt"
-        if not (run_dir / TRAINED_FILE).exists():
+        if (run_dir / TRAINED_FILE).exists():  # trained in an earlier call that stopped before inference
+            trained = read_json(run_dir / TRAINED_FILE)
+        else:
             resume = ["--resume"] if (run_dir / "last.pt").exists() else []
             trained = self.child(f"train {label}" + (" (resuming)" if resume else ""),
                                  [*train, "--run-name", run, *resume], log)
             write_json(run_dir / TRAINED_FILE, trained)
-        trained = read_json(run_dir / TRAINED_FILE)
         before = log.read_text() if log.exists() else ""
         inferred = self.child(f"infer {label}", ["03_inference.py", run_dir / "checkpoint.pt", *infer_opts,
                                                  "--out-dir", run_dir], log)
