@@ -20,9 +20,10 @@ from common.config import parse_config, save_config
 from common.data import SPLITS, Dataset
 from common.io import InputError, run_main
 from common.metrics import all_metrics
-from common.recommend import build_recommender, check_dataset_matches, load_checkpoint, top_k
+from common.checkpoint import check_dataset_matches, load_checkpoint
+from common.recommend import build_recommender, top_k
 from common.submission import write_ranked
-from common.utils import pick_device, set_seed
+from common.utils import pick_device
 
 
 @dataclass
@@ -37,12 +38,10 @@ class InferenceConfig:
     batch_size: int = field(default=1024, metadata={"help": "users scored at once"})
     device: str = "auto"
     threads: int = field(default=0, metadata={"help": "CPU threads (0: one per core)"})
-    seed: int = 0
 
 
 def main():
     cfg = parse_config(InferenceConfig, description=__doc__)
-    set_seed(cfg.seed)
     ckpt_path = Path(cfg.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     if ckpt.get("stage") == "pretrain":

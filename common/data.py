@@ -41,6 +41,8 @@ import pandas as pd
 from common.io import InputError, atomic_path, read_json, read_npz, write_json, write_npz
 from common.readers import RawData
 
+PAD = 0  # the padding item id: dense item ids are 1..n_items
+
 FORMAT_VERSION = 2
 SPLITS = ("test", "valid")  # which answers a Dataset view scores against
 FINGERPRINT_FILES = ("maps.npz", "sequences.npz", "holdout.npz", "valid.npz")
@@ -341,7 +343,7 @@ class Dataset:
 
 def pad_rows(indptr: np.ndarray, values: np.ndarray, rows: np.ndarray, width: int | None = None,
              left: bool = False) -> np.ndarray:
-    """Rows of a CSR array as a dense [len(rows), width] array padded with 0.
+    """Rows of a CSR array as a dense [len(rows), width] array padded with PAD (0).
 
     With `left=True` rows are right-aligned and keep their last `width` values.
     """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-PAD = 0
+from common.data import PAD
 
 
 def hit_matrix(topk_ids: np.ndarray, truth: np.ndarray) -> np.ndarray:

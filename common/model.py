@@ -6,28 +6,31 @@ item has position 0), so extra left padding leaves every real position's output 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PAD = 0
+from common.data import PAD
 
 
 @dataclass
 class SASRecArgs:
-    n_items: int  # real items; embeddings have n_items + 1 rows, row 0 is padding
+    # real items; embeddings have n_items + 1 rows, row 0 is padding. Set from the data, not a flag.
+    n_items: int = field(default=0, metadata={"flag": False})
     hidden: int = 64
     layers: int = 2
     heads: int = 2
     dropout_attn: float = 0.5
     dropout_hidden: float = 0.5
-    max_len: int = 50
+    max_len: int = field(default=50, metadata={"help": "items read per sequence (the latest ones)"})
     init_std: float = 0.02
-    pre_ln: bool = False  # LayerNorm before attention/feed-forward instead of after the residual
-    final_ln: bool = False  # one more LayerNorm on the output
-    tied: bool = True  # score with the input item embeddings; False adds a separate output table
+    pre_ln: bool = field(default=False, metadata={"help": "LayerNorm before attention/feed-forward instead of "
+                                                          "after the residual"})
+    final_ln: bool = field(default=False, metadata={"help": "one more LayerNorm on the output"})
+    tied: bool = field(default=True, metadata={"help": "score with the input item embeddings; --no-tied adds a "
+                                                       "separate output table"})
 
 
 def attention_mask(seq: torch.Tensor, causal: bool = True) -> torch.Tensor:

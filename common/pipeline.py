@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from common.blend import blend_top_k, contribution_matrix, load_inputs, top_k_of_pairs
+from common.config import flat_dict
 from common.data import Dataset
 from common.io import InputError, read_json, write_json
 from common.metrics import all_metrics
@@ -121,7 +122,7 @@ class Runner:
         inferred = self.child(f"infer {label}", ["03_inference.py", run_dir / "checkpoint.pt", *infer_opts,
                                                  "--out-dir", run_dir], log)
         scores = last_json(log.read_text()[len(before):])
-        config = read_json(run_dir / "config.json")
+        config = flat_dict(read_json(run_dir / "config.json"))
         curve = read_curve(run_dir, self.recipe.k)
         closed_form = config["model"] in ("pop", "ease")
         best_epoch = None

@@ -18,41 +18,40 @@ Conventions:
     trimming leaves every output unchanged.
   * The checkpoint's `state_dict` is the encoder's alone (a plain SASRec), so fine-tuning starts
     from it with `load_pretrained_encoder`; `pretrain_state` holds the whole pretrainer.
+  * Training runs in the one trainer (common.trainer) as `PretrainTask`; the objectives' losses live in
+    common.losses.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from common.batches import NegativeSampler, epoch_batches, gather_windows, window_ends
-from common.data import Dataset, row_owners
-from common.io import InputError, append_jsonl, keep_epochs_before
-from common.model import PAD, SASRec, SASRecArgs
-from common.recommend import check_dataset_matches, load_checkpoint, save_checkpoint
-from common.utils import optimizer_step
+from common.checkpoint import check_architecture, check_dataset_matches, load_checkpoint
+from common.data import PAD, Dataset, row_owners
+from common.io import InputError
+from common.losses import attribute_loss, bilinear_bce_loss
+from common.model import SASRec, SASRecArgs
+from common.trainer import Lazy, Trainer, TrainerConfig
 
 OBJECTIVES = ("aap", "mip", "map", "sp")
-ARCHITECTURE_FIELDS = ("n_items", "hidden", "layers", "heads", "max_len", "pre_ln", "final_ln", "tied")
 
 
 @dataclass
 class PretrainConfig:
-    aap_weight: float = 0.2
-    mip_weight: float = 1.0
-    map_weight: float = 1.0
-    sp_weight: float = 0.5
-    mask_prob: float = 0.2  # share of each sequence's items masked for MIP/MAP (at least one)
+    aap_weight: float = field(default=0.2, metadata={"help": "pretrain: item -> attributes"})
+    mip_weight: float = field(default=1.0, metadata={"help": "pretrain: masked item prediction"})
+    map_weight: float = field(default=1.0, metadata={"help": "pretrain: masked attribute prediction"})
+    sp_weight: float = field(default=0.5, metadata={"help": "pretrain: segment prediction"})
+    mask_prob: float = field(default=0.2, metadata={"help": "pretrain: share of items masked (at least one per "
+                                                            "sequence)"})
 
     def weights(self) -> dict:
         return {name: float(getattr(self, f"{name}_weight")) for name in OBJECTIVES}
@@ -93,53 +92,6 @@ class S3RecPretrainer(nn.Module):
 
 # ---------------------------------------------------------------- the objectives
 
-def _mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean that is 0 (not NaN) over no rows."""
-    return x.sum() / max(x.numel(), 1)
-
-
-def attribute_bce(q: torch.Tensor, attrs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Multi-label BCE of scores q [N, H] · attrs [A, H] against 0/1 targets [N, A].
-
-    loss = mean_n Σ_a -(t_na log σ(z_na) + (1 - t_na) log(1 - σ(z_na))),  z = q attrs^T
-    """
-    logits = q @ attrs.T  # [N, A]
-    return _mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1))
-
-
-def pair_bce(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """-log σ(s+) - log(1 - σ(s-)), averaged over rows; pos, neg [N]."""
-    return _mean(-(F.logsigmoid(pos) + F.logsigmoid(-neg)))
-
-
-def aap_loss(item_vec: torch.Tensor, attrs: torch.Tensor, target: torch.Tensor, head: Callable) -> torch.Tensor:
-    """AAP: item embeddings [N, H] -> their attributes; z_na = (W_aap e_n + b) · a_a."""
-    return attribute_bce(head(item_vec), attrs, target)
-
-
-def map_loss(h: torch.Tensor, attrs: torch.Tensor, target: torch.Tensor, head: Callable) -> torch.Tensor:
-    """MAP: hidden states [N, H] at masked positions -> the masked items' attributes; z_na = (W_map h_n + b) · a_a."""
-    return attribute_bce(head(h), attrs, target)
-
-
-def mip_loss(h: torch.Tensor, pos_vec: torch.Tensor, neg_vec: torch.Tensor, head: Callable) -> torch.Tensor:
-    """MIP: hidden states [N, H] at masked positions vs the masked item [N, H] and a negative [N, H].
-
-    s± = (W_mip h + b) · e±;  loss = mean -log σ(s+) - log(1 - σ(s-))
-    """
-    q = head(h)  # [N, H]
-    return pair_bce((q * pos_vec).sum(-1), (q * neg_vec).sum(-1))
-
-
-def sp_loss(ctx: torch.Tensor, pos_seg: torch.Tensor, neg_seg: torch.Tensor, head: Callable) -> torch.Tensor:
-    """SP: masked-sequence context [B, H] vs its own segment [B, H] and another sequence's segment [B, H].
-
-    s± = (W_sp c + b) · s±;  loss = mean -log σ(s+) - log(1 - σ(s-))
-    """
-    q = head(ctx)  # [B, H]
-    return pair_bce((q * pos_seg).sum(-1), (q * neg_seg).sum(-1))
-
-
 def pretrain_loss(pretrainer: S3RecPretrainer, batch: dict, weights: dict) -> tuple[torch.Tensor, dict]:
     """(Σ weight · objective, {objective: float value}) for a batch of `make_pretrain_batch`.
 
@@ -152,20 +104,20 @@ def pretrain_loss(pretrainer: S3RecPretrainer, batch: dict, weights: dict) -> tu
     attrs = P.attributes()  # [A, H]
     losses = {}
     if w["aap"]:
-        losses["aap"] = aap_loss(enc.item_emb(batch["aap_items"]), attrs, batch["aap_target"].float(), P.aap)
+        losses["aap"] = attribute_loss(enc.item_emb(batch["aap_items"]), attrs, batch["aap_target"].float(), P.aap)
     if w["mip"] or w["map"]:
         mask = batch["mip_mask"]  # [B, L]
         h = P.masked_hidden(batch["seq"], mask)[mask]  # [N, H], row-major like mip_pos
         if w["mip"]:
-            losses["mip"] = mip_loss(h, enc.item_emb(batch["mip_pos"]), enc.item_emb(batch["mip_neg"]), P.mip)
+            losses["mip"] = bilinear_bce_loss(h, enc.item_emb(batch["mip_pos"]), enc.item_emb(batch["mip_neg"]), P.mip)
         if w["map"]:
-            losses["map"] = map_loss(h, attrs, batch["map_target"].float(), P.map)
+            losses["map"] = attribute_loss(h, attrs, batch["map_target"].float(), P.map)
     if w["sp"]:
         ok = batch["sp_valid"]  # [B]
         ctx = P.masked_hidden(batch["seq"], batch["sp_mask"])[:, -1]  # [B, H]
         segs = P.segment_hidden(torch.cat([batch["sp_pos"], batch["sp_neg"]]))  # [2B, H]
         pos_seg, neg_seg = segs.chunk(2)  # [B, H] each
-        losses["sp"] = sp_loss(ctx[ok], pos_seg[ok], neg_seg[ok], P.sp)
+        losses["sp"] = bilinear_bce_loss(ctx[ok], pos_seg[ok], neg_seg[ok], P.sp)
     total = sum(w[name] * value for name, value in losses.items())
     if not torch.is_tensor(total):  # every weight 0
         total = P.mask_emb.sum() * 0.0
@@ -255,100 +207,69 @@ def make_pretrain_batch(ds: Dataset, ends: np.ndarray, rng: np.random.Generator,
 
 # ---------------------------------------------------------------- training
 
-def _check_architecture(saved: dict, args: SASRecArgs, where: str, hint: str) -> None:
-    for name in ARCHITECTURE_FIELDS:
-        if saved.get(name) != getattr(args, name):
-            raise InputError(f"{where}: saved {name}={saved.get(name)}, this model has {name}={getattr(args, name)}; "
-                             f"{hint}")
+class PretrainTask:
+    """The pretrainer as a task of the one trainer (common.trainer): full windows, no answers read."""
+    stage, label = "pretrain", "pretraining "
+
+    def __init__(self, cfg: PretrainConfig, ds: Dataset, args: SASRecArgs, rng: np.random.Generator,
+                 device: torch.device, history: str = "windows", batch_size: int = 256, bucket: bool = True):
+        if args.n_items != ds.n_items:
+            raise InputError(f"model has n_items={args.n_items} but {ds.root} has {ds.n_items} items")
+        for name, weight in cfg.weights().items():
+            if not (weight >= 0 and math.isfinite(weight)):
+                raise InputError(f"{name}_weight must be a finite number >= 0, got {weight}")
+        if not 0 < cfg.mask_prob <= 1:
+            raise InputError(f"mask_prob must be in (0, 1], got {cfg.mask_prob}")
+        self.cfg, self.ds, self.args, self.rng, self.device = cfg, ds, args, rng, device
+        self.history, self.batch_size, self.bucket = history, batch_size, bucket
+        self.multi_hot = attribute_multi_hot(ds)  # [V, A]
+        self.weights = cfg.weights()
+        self.module = S3RecPretrainer(args, self.multi_hot.shape[1]).to(device)
+        self.sampler = NegativeSampler(ds, rng)
+        if self.multi_hot.shape[1] == 0 and (self.weights["aap"] or self.weights["map"]):
+            print(f"note: {ds.root} has no item attributes; AAP and MAP are 0")
+
+    def describe(self) -> str:
+        n_params = sum(p.numel() for p in self.module.parameters())
+        return (f"s3rec pretraining: {n_params:,} parameters, {self.ds.n_users:,} users, {self.ds.n_items:,} items, "
+                f"{self.multi_hot.shape[1]:,} attributes, objectives {json.dumps(self.weights)}")
+
+    def batches(self, epoch: int) -> Lazy:
+        ends = window_ends(self.ds.indptr, self.args.max_len, self.history, self.rng)
+        return Lazy(epoch_batches(self.ds.indptr, ends, self.args.max_len, self.batch_size, self.rng, self.bucket),
+                    self._batch)
+
+    def _batch(self, ends: np.ndarray) -> dict:
+        batch = make_pretrain_batch(self.ds, ends, self.rng, self.args.max_len, self.cfg.mask_prob, self.multi_hot,
+                                    self.sampler)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        return pretrain_loss(self.module, batch, self.weights)
+
+    def checkpoint(self, kept: S3RecPretrainer) -> dict:
+        return {"model_type": "sasrec", "model_args": dataclasses.asdict(self.args),
+                "state_dict": kept.encoder.state_dict(), "pretrain_state": kept.state_dict(),
+                "objectives": self.weights, "mask_prob": self.cfg.mask_prob, "n_attributes": self.multi_hot.shape[1]}
 
 
 def fit_pretrain(cfg: PretrainConfig, ds: Dataset, out: Path, device: torch.device, model_args: SASRecArgs,
                  epochs: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 42, progress: bool = True,
                  resume: bool = False, *, history: str = "windows", bucket: bool = True,
                  config: dict | None = None) -> S3RecPretrainer:
-    """Pretrain for `epochs` epochs; one line per epoch in out/metrics.jsonl, out/checkpoint.pt after each.
-
-    `config` (e.g. the training script's whole config) is saved as the checkpoint's "config";
-    by default it is this function's settings. Returns the pretrainer.
-    """
+    """Pretrain for `epochs` epochs with the one trainer (out/checkpoint.pt after each epoch, out/last.pt,
+    out/metrics.jsonl). `config` is saved as the checkpoints' "config"; by default these settings.
+    Returns the pretrainer."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
-    if model_args.n_items != ds.n_items:
-        raise InputError(f"model has n_items={model_args.n_items} but {ds.root} has {ds.n_items} items")
-    for name, weight in cfg.weights().items():
-        if not (weight >= 0 and math.isfinite(weight)):
-            raise InputError(f"{name}_weight must be a finite number >= 0, got {weight}")
-    if not 0 < cfg.mask_prob <= 1:
-        raise InputError(f"mask_prob must be in (0, 1], got {cfg.mask_prob}")
-    multi_hot = attribute_multi_hot(ds)  # [V, A]
     torch.manual_seed(seed)  # initial weights and dropout
-    pretrainer = S3RecPretrainer(model_args, multi_hot.shape[1]).to(device)
-    opt = torch.optim.Adam(pretrainer.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
-    weights = cfg.weights()
-    settings = {**dataclasses.asdict(cfg), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                "history": history, "bucket": bucket}
-    start_epoch = 0
-    if resume:
-        if not path.exists():
-            raise InputError(f"{path}: nothing to resume; run without resume first")
-        ckpt = load_checkpoint(path)
-        if ckpt.get("stage") != "pretrain":
-            raise InputError(f"{path}: not a pretraining checkpoint; cannot resume pretraining from it")
-        check_dataset_matches(ckpt, ds, str(path))
-        _check_architecture(ckpt["model_args"], model_args, str(path), "resume with the same model settings")
-        pretrainer.load_state_dict(ckpt["pretrain_state"])
-        opt.load_state_dict(ckpt["optimizer"])
-        rng.bit_generator.state = ckpt["numpy_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in ckpt:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-        start_epoch = ckpt["epoch"] + 1
-        keep_epochs_before(metrics_path, start_epoch)
-        print(f"resuming pretraining in {out} at epoch {start_epoch}")
-    elif metrics_path.exists():
-        metrics_path.unlink()
-    sampler = NegativeSampler(ds, rng)
-    n_params = sum(p.numel() for p in pretrainer.parameters())
-    print(f"s3rec pretraining: {n_params:,} parameters, {ds.n_users:,} users, {ds.n_items:,} items, "
-          f"{multi_hot.shape[1]:,} attributes, objectives {json.dumps(weights)}, device {device}")
-    if multi_hot.shape[1] == 0 and (weights["aap"] or weights["map"]):
-        print(f"note: {ds.root} has no item attributes; AAP and MAP are 0")
-
-    for epoch in range(start_epoch, epochs):
-        t0 = time.time()
-        pretrainer.train()
-        ends = window_ends(ds.indptr, model_args.max_len, history, rng)
-        batches = epoch_batches(ds.indptr, ends, model_args.max_len, batch_size, rng, bucket)
-        total, steps = 0.0, 0
-        sums = {name: 0.0 for name in OBJECTIVES}
-        bar = tqdm(batches, desc=f"pretrain {epoch}", disable=not progress, leave=False)
-        for batch_ends in bar:
-            batch = make_pretrain_batch(ds, batch_ends, rng, model_args.max_len, cfg.mask_prob, multi_hot, sampler)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss, values = pretrain_loss(pretrainer, batch, weights)
-            value = optimizer_step(opt, loss, f"pretraining epoch {epoch} step {steps} ({json.dumps(values)})", path)
-            total, steps = total + value, steps + 1
-            for name, value in values.items():
-                sums[name] += value or 0.0
-            bar.set_postfix(loss=f"{total / steps:.4f}")
-        n = max(steps, 1)
-        record = {"epoch": epoch, "loss": total / n,
-                  **{name: (sums[name] / n if weights[name] else None) for name in OBJECTIVES},
-                  "seconds": round(time.time() - t0, 3)}
-        append_jsonl(metrics_path, record)
-        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-        extra = {"stage": "pretrain", "pretrain_state": pretrainer.state_dict(), "objectives": weights,
-                 "mask_prob": cfg.mask_prob, "n_attributes": multi_hot.shape[1], "pretrain_config": settings,
-                 "loss": record["loss"], "optimizer": opt.state_dict(), "numpy_rng": rng.bit_generator.state,
-                 "torch_rng": torch.get_rng_state()}
-        if device.type == "cuda":
-            extra["cuda_rng"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(path, model_type="sasrec", model_args=dataclasses.asdict(model_args),
-                        state_dict=pretrainer.encoder.state_dict(), config=config or settings, ds=ds, epoch=epoch,
-                        best_score=None, extra=extra)
-    return pretrainer
+    task = PretrainTask(cfg, ds, model_args, rng, device, history, batch_size, bucket)
+    trainer_cfg = TrainerConfig(lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, resume=resume,
+                                progress=progress)
+    settings = {**dataclasses.asdict(cfg), **dataclasses.asdict(trainer_cfg), "history": history, "bucket": bucket}
+    Trainer(trainer_cfg, ds, out, device, config or settings).fit(task, rng)
+    return task.module
 
 
 def load_pretrained_encoder(model: SASRec, path: Path, ds: Dataset | None = None) -> dict:
@@ -359,7 +280,7 @@ def load_pretrained_encoder(model: SASRec, path: Path, ds: Dataset | None = None
     ckpt = load_checkpoint(path)
     if ckpt.get("stage") != "pretrain":
         raise InputError(f"{path}: not a pretraining checkpoint (made by the pretrain stage)")
-    _check_architecture(ckpt["model_args"], model.args, str(path), "use the same model settings as pretraining")
+    check_architecture(ckpt["model_args"], model.args, str(path), "use the same model settings as pretraining")
     if ds is not None:
         check_dataset_matches(ckpt, ds, str(path))
     model.load_state_dict(ckpt["state_dict"])

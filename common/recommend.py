@@ -6,19 +6,15 @@ A recommender maps a batch of dense user ids to scores [B, V] over every dense i
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from common.data import Dataset, pad_rows, row_owners
-from common.io import InputError, atomic_path
 from common.metrics import all_metrics
 from common.model import SASRec, SASRecArgs
-
-MODEL_TYPES = ("pop", "ease", "sasrec")
-CHECKPOINT_VERSION = 1
 
 
 class PopRecommender:
@@ -59,6 +55,26 @@ def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0) -> torch.Tenso
     G = G.view(n, n)
     G.diagonal().add_(torch.from_numpy(np.bincount(ds.items - 1, minlength=n).astype(np.float32)))
     return G
+
+
+@dataclass
+class EASEArgs:
+    l2: float = field(default=500.0, metadata={"help": "EASE: L2 weight on the item-item matrix"})
+    window: int = field(default=0, metadata={"help": "EASE: count two items together only when at most this many "
+                                                     "steps apart in a user's history (0: anywhere)"})
+    window_tau: float = field(default=20.0, metadata={"help": "EASE: --window pairs d steps apart weigh "
+                                                              "exp(-(d - 1) / window_tau)"})
+    diag_power: float = field(default=1.0, metadata={"help": "EASE: B = -P / diag(P)^diag_power; below 1 "
+                                                             "lifts rarer items"})
+    recency: float = field(default=0.0, metadata={"help": "EASE: extra weight of recent items when scoring "
+                                                          "(1 + recency * exp(-steps back / recency_tau))"})
+    recency_tau: float = field(default=10.0, metadata={"help": "EASE: decay of --recency, in items"})
+
+    def fit_args(self) -> dict:
+        return {"l2": self.l2, "window": self.window, "window_tau": self.window_tau, "diag_power": self.diag_power}
+
+    def scoring(self) -> dict:
+        return {"recency": self.recency, "recency_tau": self.recency_tau}
 
 
 class EASERecommender:
@@ -106,45 +122,6 @@ class SASRecRecommender:
         h = self.model(torch.from_numpy(seq).to(self.device))[:, -1]  # [B, H]
         # float64 product, rounded to float32: the scores no longer depend on the batch size
         return (h.double() @ self.model.output_embeddings().double().T).float()  # [B, V]
-
-
-def save_checkpoint(path: Path, *, model_type: str, model_args: dict, state_dict: dict, config: dict,
-                    ds: Dataset, epoch: int, best_score: float, extra: dict | None = None) -> None:
-    payload = {
-        "version": CHECKPOINT_VERSION, "model_type": model_type, "model_args": model_args,
-        "state_dict": state_dict, "config": config, "data_dir": str(ds.root.resolve()),
-        "dataset": ds.name, "data_fingerprint": ds.fingerprint, "split": ds.split,
-        "user_raw": torch.from_numpy(ds.user_raw), "item_raw": torch.from_numpy(ds.item_raw),
-        "epoch": epoch, "best_score": best_score, **(extra or {}),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("model_type") not in MODEL_TYPES:
-        raise InputError(f"{path}: not a checkpoint of this project (model_type missing or unknown)")
-    return ckpt
-
-
-def check_dataset_matches(ckpt: dict, ds: Dataset, where: str) -> None:
-    """Refuse a checkpoint made on other data: other id maps, or the same ids with other splits."""
-    if not (np.array_equal(ckpt["item_raw"].numpy(), ds.item_raw)
-            and np.array_equal(ckpt["user_raw"].numpy(), ds.user_raw)):
-        raise InputError(f"{where}: its id maps differ from {ds.root}; preprocess and train on the same data")
-    if ckpt.get("data_fingerprint") != ds.fingerprint:
-        raise InputError(f"{where}: trained on data with fingerprint {ckpt.get('data_fingerprint')}, but {ds.root} "
-                         f"is now {ds.fingerprint} (preprocessed again?); train again on it")
-    if ds.split == "valid" and ckpt.get("split") == "test":
-        raise InputError(f"{where}: trained on the test split's training part, which holds the validation answers; "
-                         "score it on the test split, or train with --split valid")
 
 
 def build_recommender(ckpt: dict, ds: Dataset, device: torch.device):

@@ -19,7 +19,7 @@ for seed in "$@"; do
   run="${name}-${TAG}-s${seed}"
   # shellcheck disable=SC2086
   $PY 02_train.py --data "$DATA" --seed "$seed" --run-name "$run" --no-progress $TRAIN_ARGS
-  $PY 03_inference.py "$DATA/runs/$run/checkpoint.pt" --seed "$seed" --out-dir "$SUBS"
+  $PY 03_inference.py "$DATA/runs/$run/checkpoint.pt" --out-dir "$SUBS"
   files+=("$SUBS/$run.top100.csv")
 done
 $PY 04_ensemble.py "${files[@]}" --method score --data "$DATA" --out "$SUBS/${name}-${TAG}-seeds.csv"

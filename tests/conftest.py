@@ -111,18 +111,6 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def load_train_module():
-    """02_train.py as a module (its name starts with a digit, so no plain import)."""
-    import importlib.util
-    name = "train_02_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "02_train.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
 def make_small_demo(tmp: Path, n_users: int, seed: int = 0) -> Path:
     """Synthetic demo data cut to its first `n_users` users, preprocessed with the scripts; returns the dataset."""
     import numpy as np

@@ -10,10 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_one_line_error, load_train_module, make_small_demo, run_script
+from conftest import assert_one_line_error, make_small_demo, run_script
 
 from common.batches import MIN_INPUT, holdout_cuts, holdout_examples, holdout_users, sample_subsets
+from common.batches import NegativeSampler
 from common.data import Dataset, build_dataset
+from common.model import SASRec
+from common.next_item import make_batch, train_loss, training_batches
+from common.training import model_args, train_config
 from test_training import make_raw
 
 N_LAST, N_RANDOM, MAX_LEN = 2, 3, 4
@@ -88,20 +92,19 @@ def test_holdout_examples_are_what_the_competition_hides(seq_ds):
 
 def test_holdout_loss_leaves_the_input_items_out(seq_ds):
     """Full softmax at the last position over every item except padding and the items read."""
-    train = load_train_module()
-    cfg = train.TrainConfig(history="holdout", loss="ce", max_len=MAX_LEN, holdout_last=N_LAST,
+    cfg = train_config(history="holdout", loss="ce", max_len=MAX_LEN, holdout_last=N_LAST,
                             holdout_random=N_RANDOM, hidden=8, heads=1, layers=1)
     torch.manual_seed(0)
-    model = train.SASRec(train.model_args(cfg, seq_ds))
+    model = SASRec(model_args(cfg, seq_ds))
     users = np.repeat(holdout_users(seq_ds.indptr, N_LAST, N_RANDOM), 2)
-    sampler = train.NegativeSampler(seq_ds, np.random.default_rng(3))
+    sampler = NegativeSampler(seq_ds, np.random.default_rng(3))
     cuts = holdout_cuts(seq_ds.indptr, users, N_LAST, N_RANDOM, sampler.rng)
-    batch = train.make_batch(seq_ds, cuts, sampler, cfg, torch.device("cpu"))
+    batch = make_batch(seq_ds, cuts, sampler, cfg, torch.device("cpu"))
     assert (batch["input"][:, 0] != 0).any(), "columns that are padding in every row are trimmed"
     assert (batch["target"][:, :-1] == 0).all() and (batch["target"][:, -1] != 0).all(), "one target position"
     model.eval()  # same dropout state for both computations
     with torch.no_grad():
-        got = train.train_loss(model, batch, "ce")
+        got = train_loss(model, batch, "ce")
         logits = model(batch["input"])[:, -1] @ model.item_emb.weight.T  # [B, V]
         terms = []
         for row, inp, tgt in zip(logits, batch["input"], batch["future"][:, -1]):
@@ -134,10 +137,9 @@ def test_holdout_history_refuses_bad_settings(small_demo, flags, fragments):
 
 
 def test_holdout_batches_cover_each_user_and_group_similar_lengths(seq_ds):
-    train = load_train_module()
-    cfg = train.TrainConfig(history="holdout", max_len=MAX_LEN, holdout_last=N_LAST, holdout_random=N_RANDOM,
+    cfg = train_config(history="holdout", max_len=MAX_LEN, holdout_last=N_LAST, holdout_random=N_RANDOM,
                             holdout_samples=3, batch_size=2)
-    batches = train.training_batches(seq_ds, cfg, np.random.default_rng(4))
+    batches = training_batches(seq_ds, cfg, np.random.default_rng(4))
     cuts = np.concatenate(batches)
     users = np.searchsorted(seq_ds.indptr, cuts, side="right") - 1
     eligible = holdout_users(seq_ds.indptr, N_LAST, N_RANDOM)

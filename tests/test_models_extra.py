@@ -16,14 +16,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_one_line_error, describe, load_train_module, make_small_demo, run_script, run_scripts
+from conftest import assert_one_line_error, describe, make_small_demo, run_script, run_scripts
 
 from common.batches import NegativeSampler
+from common.config import flat_dict
 from common.data import Dataset, build_dataset
 from common.losses import ce_loss, sampled_softmax_loss
 from common.model import SASRec, SASRecArgs
+from common.next_item import make_batch, train_loss
 from common.readers import RawData
 from common.recommend import EASERecommender, cooccurrence, top_k
+from common.training import train_config
 
 
 
@@ -291,12 +294,11 @@ def test_ce_loss_matches_cross_entropy_and_manual_log_softmax():
 
 
 def test_train_loss_ce_gives_padding_no_probability():
-    train = load_train_module()
     model = tiny_model(tied=False)
     with torch.no_grad():  # a padding output row that would take much of the mass if it were scored
         model.out_emb.weight[0] = 5 * torch.randn(model.args.hidden, generator=torch.Generator().manual_seed(1))
     batch = tiny_batch()
-    got = train.train_loss(model, batch, "ce")
+    got = train_loss(model, batch, "ce")
     with torch.no_grad():
         h = model(batch["input"])
         mask = batch["target"] != 0
@@ -347,11 +349,10 @@ def raw_logits(model, batch):
 
 
 def test_sampled_softmax_excludes_colliding_negatives():
-    train = load_train_module()
     model = tiny_model()
     batch, targets, shared = shared_batch()
     assert sum(t in shared for t in targets) >= 2
-    got = train.train_loss(model, batch, "sampled")
+    got = train_loss(model, batch, "sampled")
     pos, neg = raw_logits(model, batch)
     want = sampled_reference(pos, neg, targets, shared, exclude=True)
     naive = sampled_reference(pos, neg, targets, shared, exclude=False)
@@ -363,14 +364,13 @@ def test_sampled_softmax_excludes_colliding_negatives():
 
 
 def test_sampled_softmax_with_logq_correction():
-    train = load_train_module()
     model = tiny_model()
     batch, targets, shared = shared_batch()
     q = np.arange(1, 21, dtype=np.float64) ** 2  # strongly non-uniform (uniform q would cancel out)
     q = q / q.sum()
     logq = [0.0] + np.log(q).tolist()
     batch["log_q"] = torch.tensor(logq, dtype=torch.float32)
-    got = train.train_loss(model, batch, "sampled")
+    got = train_loss(model, batch, "sampled")
     pos, neg = raw_logits(model, batch)
     want = sampled_reference(pos, neg, targets, shared, exclude=True, logq=logq)
     plain = sampled_reference(pos, neg, targets, shared, exclude=True)
@@ -449,19 +449,18 @@ def test_pop_negatives_follow_popularity_and_log_q(skewed_ds):
 
 
 def test_make_batch_shared_and_logq(skewed_ds):
-    train = load_train_module()
     ds = skewed_ds
-    cfg = train.TrainConfig(loss="sampled", negatives=9, sampled_dist="pop", logq=True, max_len=5)
+    cfg = train_config(loss="sampled", negatives=9, sampled_dist="pop", logq=True, max_len=5)
     sampler = NegativeSampler(ds, np.random.default_rng(0))
     ends = np.asarray(ds.indptr[1:])[np.diff(ds.indptr) >= 2]
-    batch = train.make_batch(ds, ends, sampler, cfg, torch.device("cpu"))
+    batch = make_batch(ds, ends, sampler, cfg, torch.device("cpu"))
     assert batch["shared"].shape == (9,)
     assert int(batch["shared"].min()) >= 1 and int(batch["shared"].max()) <= ds.n_items
     assert batch["log_q"].shape == (ds.n_items + 1,)
     assert torch.allclose(batch["log_q"].double(), torch.from_numpy(np.asarray(sampler.log_q("pop"), np.float64)))
     assert "negatives" not in batch
-    cfg2 = train.TrainConfig(loss="sampled", negatives=9, logq=False, max_len=5)
-    assert "log_q" not in train.make_batch(ds, ends, sampler, cfg2, torch.device("cpu"))
+    cfg2 = train_config(loss="sampled", negatives=9, logq=False, max_len=5)
+    assert "log_q" not in make_batch(ds, ends, sampler, cfg2, torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- every flag end to end
@@ -518,7 +517,7 @@ def test_flag_trains_end_to_end(flag_runs, name):
     else:
         assert math.isfinite(rec["loss"]) and rec["loss"] > 0
         assert math.isfinite(rec["recall@10"])
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = flat_dict(json.loads((run_dir / "config.json").read_text()))
     if name == "preset-ease":  # the preset's other values, under the explicit --l2
         assert (cfg["model"], cfg["recency"], cfg["recency_tau"]) == ("ease", 2.0, 10.0)
     if name == "preset-ease-seq":
@@ -589,15 +588,14 @@ def test_multi_target_ce_is_the_mean_over_real_targets():
 
 def test_horizon_pairs_line_up_with_their_negatives(tmp_path):
     """With --horizon K every (position, future item) pair gets negatives unseen by its own user."""
-    train = load_train_module()
     users = np.repeat([1, 2], [6, 5])
     items = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
     raw = RawData(users=users, items=items, times=np.arange(11, dtype=float), source="t")
     build_dataset(raw, tmp_path / "d", holdout=False, name="d")
     ds = Dataset(tmp_path / "d")
-    cfg = train.TrainConfig(max_len=4, horizon=3, negatives=2, loss="bpr")
+    cfg = train_config(max_len=4, horizon=3, negatives=2, loss="bpr")
     sampler = NegativeSampler(ds, np.random.default_rng(0))
-    batch = train.make_batch(ds, ds.indptr[1:].copy(), sampler, cfg, torch.device("cpu"))
+    batch = make_batch(ds, ds.indptr[1:].copy(), sampler, cfg, torch.device("cpu"))
     mask = batch["target"] != 0
     future = batch["future"][mask]
     rows, _ = torch.nonzero(future, as_tuple=True)
@@ -606,4 +604,4 @@ def test_horizon_pairs_line_up_with_their_negatives(tmp_path):
     for u, negs in zip(user_of_row.tolist(), batch["negatives"].tolist()):
         assert not set(negs) & set(ds.sequence(u).tolist())
     model = SASRec(SASRecArgs(n_items=ds.n_items, hidden=8, max_len=4))
-    assert torch.isfinite(train.train_loss(model, batch, "bpr"))
+    assert torch.isfinite(train_loss(model, batch, "bpr"))

@@ -16,11 +16,15 @@ from common.batches import batch_bounds, epoch_batches, window_ends
 from common.data import Dataset, build_dataset
 from common.io import InputError
 from common.model import SASRec, SASRecArgs
-from common.pretrain import (PretrainConfig, S3RecPretrainer, aap_loss, attribute_bce,
-                             attribute_multi_hot, fit_pretrain, load_pretrained_encoder,
-                             make_pretrain_batch, map_loss, mip_loss, pretrain_loss, sp_loss)
+from common.checkpoint import load_checkpoint
+from common.losses import attribute_bce
+from common.losses import attribute_loss as aap_loss
+from common.losses import attribute_loss as map_loss
+from common.losses import bilinear_bce_loss as mip_loss
+from common.losses import bilinear_bce_loss as sp_loss
+from common.pretrain import (PretrainConfig, S3RecPretrainer, attribute_multi_hot, fit_pretrain,
+                             load_pretrained_encoder, make_pretrain_batch, pretrain_loss)
 from common.readers import RawData
-from common.recommend import load_checkpoint
 from common.utils import TrainingError
 from conftest import assert_one_line_error, describe, run_script
 

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT, describe, make_small_demo
 
+from common.config import flat_dict
 from common.data import Dataset
 
 SEEDS = ("1", "2")
@@ -35,12 +36,12 @@ def test_recipe_blends_ease_and_every_seed(recipe_run):
     name = ds_path.name
     for seed in SEEDS:
         assert (subs / f"{name}-recipe-seq-s{seed}.top100.csv").is_file()
-        assert json.loads((ds_path / "runs" / f"{name}-recipe-seq-s{seed}" / "config.json").read_text())["seed"] == int(seed)
+        assert flat_dict(json.loads((ds_path / "runs" / f"{name}-recipe-seq-s{seed}" / "config.json").read_text()))["seed"] == int(seed)
     meta = json.loads((subs / f"{name}-recipe.json").read_text())
     assert meta["weights"] == [2.0, 0.7, 0.5, 0.5], "EASE_WEIGHT, EASE2_WEIGHT, SEQ_WEIGHT shared by the seeds"
     assert len(meta["inputs"]) == 4 and meta["inputs"][0].endswith(f"{name}-recipe-ease.top100.csv")
     assert meta["inputs"][1].endswith(f"{name}-recipe-ease2.top100.csv")
-    cfg2 = json.loads((ds_path / "runs" / f"{name}-recipe-ease2" / "config.json").read_text())
+    cfg2 = flat_dict(json.loads((ds_path / "runs" / f"{name}-recipe-ease2" / "config.json").read_text()))
     assert (cfg2["l2"], cfg2["window"], cfg2["diag_power"]) == (80.0, 5, 0.5)
     sub = pd.read_csv(subs / f"{name}-recipe.csv")
     ds = Dataset(ds_path)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common.config import flat_dict
 from common.data import Dataset
 from conftest import ROOT, assert_one_line_error, describe, run_script
 
@@ -116,7 +117,7 @@ def test_end_to_end_final_file_and_report(first):
     assert ease["chosen"] == best["settings"], "the grid point with the best validation score is chosen"
     s = seq["seeds_detail"][0]
     assert s["refit_epochs"] == s["best_epoch"] + 1, "the documented epoch rule"
-    test_cfg = json.loads((tmp / "data" / "tiny-split" / "runs" / s["runs"]["test"] / "config.json").read_text())
+    test_cfg = flat_dict(json.loads((tmp / "data" / "tiny-split" / "runs" / s["runs"]["test"] / "config.json").read_text()))
     assert test_cfg["epochs"] == s["refit_epochs"] and test_cfg["select"] == "last" and test_cfg["split"] == "test"
     assert 0 < report["blend"]["test"]["recall@10"] <= 1 and "recall@10" in report["blend"]["valid"]
     for m in report["members"]:

@@ -12,14 +12,20 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, load_train_module, make_small_demo
+from conftest import ROOT, make_small_demo
 
+import common.trainer as trainer_mod  # noqa: E402
 from common.batches import NegativeSampler, gather_windows, window_ends  # noqa: E402
+from common.checkpoint import load_checkpoint  # noqa: E402
+from common.config import flat_dict  # noqa: E402
 from common.data import Dataset, build_dataset, pad_rows  # noqa: E402
 from common.io import InputError  # noqa: E402
 from common.model import SASRec, SASRecArgs  # noqa: E402
+from common.next_item import train_loss  # noqa: E402
 from common.readers import RawData  # noqa: E402
-from common.recommend import build_recommender, evaluate, load_checkpoint  # noqa: E402
+from common.recommend import build_recommender, evaluate  # noqa: E402
+from common.training import fit, train_config  # noqa: E402
+from common.utils import set_seed  # noqa: E402
 
 ML_SMALL = ROOT.parent / "shared" / "data" / "ml-latest-small"
 DEMO_USERS = 400  # users kept from the synthetic demo data, to keep each training run short
@@ -221,9 +227,8 @@ def tiny_model(n_items: int = 20, **kw) -> SASRec:
 
 @pytest.mark.parametrize("loss", ["bce", "bpr"])
 def test_train_loss_matches_manual_computation(loss):
-    train = load_train_module()
     model, batch = tiny_model(init_std=0.3).eval(), tiny_batch()
-    got = train.train_loss(model, batch, loss)
+    got = train_loss(model, batch, loss)
     with torch.no_grad():
         h = model(batch["input"])
         E = model.output_embeddings()
@@ -246,9 +251,8 @@ def test_train_loss_matches_manual_computation(loss):
 
 
 def test_train_loss_full_softmax_matches_manual_computation():
-    train = load_train_module()
     model, batch = tiny_model(init_std=0.3).eval(), tiny_batch()
-    got = train.train_loss(model, batch, "ce")
+    got = train_loss(model, batch, "ce")
     with torch.no_grad():
         h = model(batch["input"])
         logits = model.score_all(h)  # [B, L, V]
@@ -262,17 +266,16 @@ def test_train_loss_full_softmax_matches_manual_computation():
 
 @pytest.mark.parametrize("loss", ["bce", "bpr"])
 def test_tiny_sasrec_overfits_one_batch(loss):
-    train = load_train_module()
     model, batch = tiny_model().train(), tiny_batch()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
     for _ in range(200):
-        value = train.train_loss(model, batch, loss)
+        value = train_loss(model, batch, loss)
         first = value.item() if first is None else first
         opt.zero_grad()
         value.backward()
         opt.step()
-    final = train.train_loss(model, batch, loss).item()
+    final = train_loss(model, batch, loss).item()
     assert first == pytest.approx(math.log(2) * (2 if loss == "bce" else 1), rel=0.05), "untrained scores ≈ 0"
     assert final < first / 20, f"{loss}: loss {first:.4f} -> {final:.4f} after 200 steps"
 
@@ -315,9 +318,9 @@ def test_checkpoint_round_trip(demo_ds, run_seed1):
     assert Path(ckpt["data_dir"]) == demo_ds.resolve()
     assert np.array_equal(ckpt["user_raw"].numpy(), ds.user_raw)
     assert np.array_equal(ckpt["item_raw"].numpy(), ds.item_raw)
-    assert ckpt["model_args"]["hidden"] == ckpt["config"]["hidden"] == 16
+    assert ckpt["model_args"]["hidden"] == flat_dict(ckpt["config"])["hidden"] == 16
     assert ckpt["model_args"]["n_items"] == ds.n_items
-    assert ckpt["config"]["seed"] == 1
+    assert flat_dict(ckpt["config"])["seed"] == 1
 
     users = np.arange(ds.n_users)
     rec = build_recommender(ckpt, ds, torch.device("cpu"))
@@ -434,27 +437,26 @@ def ema_demo(tmp_path_factory):
     return Dataset(make_small_demo(tmp_path_factory.mktemp("ema"), 40, seed=3))
 
 
-def fit_with_ema(train, ds, out: Path, epochs: int, resume: bool = False, ema: float = 0.8):
-    cfg = train.TrainConfig(data=str(ds.root), epochs=epochs, hidden=8, layers=1, heads=1, max_len=8,
+def fit_with_ema(ds, out: Path, epochs: int, resume: bool = False, ema: float = 0.8):
+    cfg = train_config(data=str(ds.root), epochs=epochs, hidden=8, layers=1, heads=1, max_len=8,
                             batch_size=16, ema=ema, progress=False, threads=1, seed=5, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
-    train.set_seed(cfg.seed)
-    train.fit_sasrec(cfg, ds, out, torch.device("cpu"))
+    set_seed(cfg.trainer.seed)
+    fit(cfg, ds, out, torch.device("cpu"))
 
 
 def test_ema_saves_the_moving_average_of_the_steps(ema_demo, tmp_path, monkeypatch):
-    train = load_train_module()
     steps = []  # every parameter after every optimizer step, in model.parameters() order
-    real_step = train.optimizer_step
+    real_step = trainer_mod.optimizer_step
 
     def recording_step(opt, loss, where, kept):
         value = real_step(opt, loss, where, kept)
         steps.append([p.detach().clone() for p in opt.param_groups[0]["params"]])
         return value
 
-    monkeypatch.setattr(train, "optimizer_step", recording_step)
+    monkeypatch.setattr(trainer_mod, "optimizer_step", recording_step)
     decay = 0.8
-    fit_with_ema(train, ema_demo, tmp_path / "run", epochs=1, ema=decay)
+    fit_with_ema(ema_demo, tmp_path / "run", epochs=1, ema=decay)
     assert len(steps) >= 3
     want = [w.clone() for w in steps[0]]  # the first step is copied, later ones are averaged in
     for later in steps[1:]:
@@ -470,10 +472,9 @@ def test_ema_saves_the_moving_average_of_the_steps(ema_demo, tmp_path, monkeypat
 
 
 def test_ema_run_resumes_exactly(ema_demo, tmp_path):
-    train = load_train_module()
-    fit_with_ema(train, ema_demo, tmp_path / "straight", epochs=2)
-    fit_with_ema(train, ema_demo, tmp_path / "resumed", epochs=1)
-    fit_with_ema(train, ema_demo, tmp_path / "resumed", epochs=2, resume=True)
+    fit_with_ema(ema_demo, tmp_path / "straight", epochs=2)
+    fit_with_ema(ema_demo, tmp_path / "resumed", epochs=1)
+    fit_with_ema(ema_demo, tmp_path / "resumed", epochs=2, resume=True)
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     for key in ("state_dict", "train_state_dict"):
@@ -482,7 +483,6 @@ def test_ema_run_resumes_exactly(ema_demo, tmp_path):
 
 
 def test_resume_refuses_a_different_ema_setting(ema_demo, tmp_path):
-    train = load_train_module()
-    fit_with_ema(train, ema_demo, tmp_path / "run", epochs=1, ema=0.0)
+    fit_with_ema(ema_demo, tmp_path / "run", epochs=1, ema=0.0)
     with pytest.raises(InputError, match="without --ema"):
-        fit_with_ema(train, ema_demo, tmp_path / "run", epochs=2, resume=True, ema=0.5)
+        fit_with_ema(ema_demo, tmp_path / "run", epochs=2, resume=True, ema=0.5)

@@ -1,0 +1,150 @@
+"""Next-item training of SASRec (S3-Rec's fine-tuning stage): the objective, its batches, and its task.
+
+The loss (--loss) scores target positions: bce (the baseline: one sampled negative per position), bpr,
+ce (softmax over all items) or sampled (negatives shared by the batch). The history mode (--history)
+says which windows are read (see common.batches); `holdout` trains on simulated hidden sets: the next
+items after a random cut plus randomly dropped earlier ones, predicted together from the rest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from common.batches import (HISTORY_MODES, NegativeSampler, epoch_batches, gather_future, gather_windows,
+                            holdout_cuts, holdout_examples, holdout_users, window_ends)
+from common.data import Dataset
+from common.losses import LOSSES
+from common.model import SASRec
+from common.recommend import SASRecRecommender, evaluate
+from common.trainer import Lazy
+
+
+@dataclass
+class ObjectiveConfig:
+    loss: str = field(default="bce", metadata={"choices": tuple(LOSSES)})
+    history: str = field(default="last", metadata={"choices": HISTORY_MODES,
+                                                   "help": "last max_len items, all windows, random crops, or "
+                                                           "simulated hidden sets (holdout)"})
+    holdout_last: int = field(default=5, metadata={"help": "history holdout: next items hidden per example"})
+    holdout_random: int = field(default=5, metadata={"help": "history holdout: earlier items dropped and hidden"})
+    holdout_samples: int = field(default=8, metadata={"help": "history holdout: examples per user per epoch"})
+    horizon: int = field(default=1, metadata={"help": "targets per position: the next K items (1: next item only)"})
+    negatives: int = field(default=1, metadata={"help": "negatives per target (bce, bpr) or per batch (sampled)"})
+    sampled_dist: str = field(default="uniform", metadata={"choices": ("uniform", "pop"),
+                                                           "help": "sampled: draw shared negatives uniformly or by popularity"})
+    logq: bool = field(default=False, metadata={"help": "sampled: subtract log q(item) from logits"})
+
+
+def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
+    """Loss over the non-padded target positions of a batch {input, target, future?, exclude?,
+    negatives | shared, log_q?}. `exclude` [B, E] lists items a full softmax leaves out for row b's targets."""
+    spec = LOSSES[loss_name]
+    h = model(batch["input"])  # [B, L, H]
+    mask = batch["target"] != 0  # [B, L]
+    h, target = h[mask], batch["target"][mask]  # [N, H], [N]
+    future = batch["future"][mask] if "future" in batch else None  # [N, K] next K items, 0 = none
+    if spec.kind == "full":
+        logits = model.score_all(h)  # [N, V]
+        logits = logits.index_fill(1, torch.tensor([0], device=h.device), -math.inf)
+        if "exclude" in batch:  # the items the row reads: never an answer, as at inference
+            rows = mask.nonzero(as_tuple=True)[0]  # [N] the row of each target position
+            logits = logits.scatter(1, batch["exclude"][rows], -math.inf)
+        return spec.fn(logits, target if future is None else future)
+    if future is not None:  # one (position, future item) pair per target, in row-major order
+        rows, k = torch.nonzero(future, as_tuple=True)
+        h, target = h[rows], future[rows, k]  # [P, H], [P]
+    pos = model.score_items(h, target[:, None])[:, 0]  # [N]
+    if spec.negatives == "shared":
+        shared = batch["shared"]  # [M]
+        neg = h @ model.output_embeddings()[shared].T  # [N, M]
+        neg = neg.masked_fill(shared[None, :] == target[:, None], -math.inf)
+        if "log_q" in batch:  # logQ correction for popularity-sampled negatives
+            pos, neg = pos - batch["log_q"][target], neg - batch["log_q"][shared][None, :]
+    else:
+        neg = model.score_items(h, batch["negatives"])  # [N, M]
+    return spec.fn(pos, neg)
+
+
+def training_batches(ds: Dataset, cfg, rng: np.random.Generator) -> list[np.ndarray]:
+    """This epoch's batches in random order: window ends, or cuts of simulated hidden sets (history
+    holdout, batched by input length so that short histories are not padded to max_len).
+    `cfg` is a TrainConfig (objective, sasrec.max_len, trainer.batch_size)."""
+    o, max_len, batch_size = cfg.objective, cfg.sasrec.max_len, cfg.trainer.batch_size
+    if o.history == "holdout":
+        users = np.repeat(holdout_users(ds.indptr, o.holdout_last, o.holdout_random), o.holdout_samples)
+        cuts = holdout_cuts(ds.indptr, users, o.holdout_last, o.holdout_random, rng)
+        return epoch_batches(ds.indptr, cuts, max_len, batch_size, rng)
+    ends = window_ends(ds.indptr, max_len, o.history, rng)
+    ends = ends[rng.permutation(len(ends))]
+    return [ends[s:s + batch_size] for s in range(0, len(ends), batch_size)]
+
+
+def holdout_batch(ds: Dataset, cuts: np.ndarray, o: ObjectiveConfig, max_len: int, rng: np.random.Generator) -> dict:
+    """Simulated hidden sets as a batch whose only target position is the last one, without the
+    columns that are padding in every row (positions count from the end, so outputs are unchanged)."""
+    inp, targets, user = holdout_examples(ds.indptr, ds.items, cuts, rng, max_len, o.holdout_last,
+                                          o.holdout_random)  # [B, L], [B, K], [B]
+    inp = inp[:, int(np.argmax((inp != 0).any(axis=0))):]  # [B, L'] every row has an input item
+    B, L = inp.shape
+    target = np.zeros((B, L), dtype=np.int64)
+    target[:, -1] = targets[:, 0]
+    future = np.zeros((B, L, targets.shape[1]), dtype=np.int64)
+    future[:, -1] = targets
+    return {"input": inp, "target": target, "user": user, "future": future, "exclude": inp}
+
+
+def make_batch(ds: Dataset, examples: np.ndarray, sampler: NegativeSampler, cfg, device) -> dict:
+    """The tensors of one batch of `training_batches` on `device`; `cfg` is a TrainConfig."""
+    o, max_len = cfg.objective, cfg.sasrec.max_len
+    if o.history == "holdout":
+        batch = holdout_batch(ds, examples, o, max_len, sampler.rng)
+    else:
+        inp, target, user = gather_windows(ds.indptr, ds.items, examples, max_len)
+        batch = {"input": inp, "target": target, "user": user}
+        if o.horizon > 1:
+            batch["future"] = gather_future(ds.indptr, ds.items, examples, max_len, o.horizon)  # [B, L, K]
+    mask = batch["target"] != 0
+    users_per_target = np.broadcast_to(batch["user"][:, None], mask.shape)[mask]  # [N]
+    if "future" in batch:
+        future = batch["future"][mask]  # [N, K]
+        users_per_target = np.broadcast_to(users_per_target[:, None], future.shape)[future != 0]  # [P]
+    kind = LOSSES[o.loss].negatives
+    if kind == "per_position":
+        batch["negatives"] = sampler.sample(users_per_target, (o.negatives,))  # [N or P, M]
+    elif kind == "shared":
+        batch["shared"] = sampler.shared(o.negatives, o.sampled_dist)  # [M]
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
+    if kind == "shared" and o.logq:
+        batch["log_q"] = torch.from_numpy(sampler.log_q(o.sampled_dist)).to(device)  # [V]
+    return batch
+
+
+class NextItemTask:
+    """SASRec trained to predict the next items of each window (or the items of a simulated hidden set)."""
+    stage, label = "finetune", ""
+
+    def __init__(self, cfg, ds: Dataset, model: SASRec, rng: np.random.Generator, device: torch.device):
+        self.cfg, self.ds, self.module, self.args, self.rng, self.device = cfg, ds, model, model.args, rng, device
+        self.sampler = NegativeSampler(ds, rng)
+
+    def describe(self) -> str:
+        n_params = sum(p.numel() for p in self.module.parameters())
+        return f"sasrec: {n_params:,} parameters, {self.ds.n_users:,} users, {self.ds.n_items:,} items"
+
+    def batches(self, epoch: int) -> Lazy:
+        return Lazy(training_batches(self.ds, self.cfg, self.rng),
+                    lambda examples: make_batch(self.ds, examples, self.sampler, self.cfg, self.device))
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        return train_loss(self.module, batch, self.cfg.objective.loss)
+
+    def evaluate(self, kept: SASRec) -> dict:
+        return evaluate(SASRecRecommender(kept, self.ds, self.device), self.ds, self.cfg.trainer.k,
+                        self.cfg.trainer.eval_batch_size)
+
+    def checkpoint(self, kept: SASRec) -> dict:
+        return {"model_type": "sasrec", "model_args": dataclasses.asdict(kept.args), "state_dict": kept.state_dict()}
