@@ -260,15 +260,13 @@ def fit_pretrain(cfg: PretrainConfig, ds: Dataset, out: Path, device: torch.devi
     """Pretrain for `epochs` epochs with the one trainer (out/checkpoint.pt after each epoch, out/last.pt,
     out/metrics.jsonl). `config` is saved as the checkpoints' "config"; by default these settings.
     Returns the pretrainer."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # initial weights and dropout
     rng = np.random.default_rng(seed)
     task = PretrainTask(cfg, ds, model_args, rng, device, history, batch_size, bucket)
     trainer_cfg = TrainerConfig(lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, resume=resume,
                                 progress=progress)
     settings = {**dataclasses.asdict(cfg), **dataclasses.asdict(trainer_cfg), "history": history, "bucket": bucket}
-    Trainer(trainer_cfg, ds, out, device, config or settings).fit(task, rng)
+    Trainer(trainer_cfg, ds, Path(out), device, config or settings).fit(task, rng)
     return task.module
 
 

@@ -86,6 +86,7 @@ class Trainer:
     def fit(self, task, rng: np.random.Generator) -> None:
         """Train `task` for up to cfg.epochs epochs; `rng` draws its batches (its state is saved and resumed)."""
         cfg, ds, out = self.cfg, self.ds, self.out
+        out.mkdir(parents=True, exist_ok=True)
         model = task.module
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # the weights that are scored and saved: the model itself, or the moving average of its steps

@@ -1,0 +1,195 @@
+"""The one trainer with a toy task, checkpoint checks, and nested configs from flat flags."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from common.checkpoint import CHECKPOINT_VERSION, check_resumable, load_checkpoint
+from common.config import config_from_dict, flat_dict, from_flat, parse_config, save_config
+from common.data import Dataset, build_dataset
+from common.io import InputError
+from common.readers import RawData
+from common.trainer import Lazy, Trainer, TrainerConfig
+from common.training import TrainConfig, train_config
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> Dataset:
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(30), 12)
+    items = rng.integers(1, 40, size=len(users))
+    raw = RawData(users=users, items=items, times=np.arange(len(users), dtype=np.float64), source="toy")
+    out = tmp_path_factory.mktemp("toy") / "d"
+    build_dataset(raw, out, 2, 1, validation=True, name="toy")
+    return Dataset(out, "valid")
+
+
+@dataclass
+class ToyArgs:
+    n_items: int = 4
+    hidden: int = 3
+    layers: int = 1
+    heads: int = 1
+    max_len: int = 1
+    pre_ln: bool = False
+    final_ln: bool = False
+    tied: bool = True
+
+
+class ToyTask:
+    """Least squares y = X w: each epoch 4 random batches; `scores` scripts what evaluate returns."""
+    stage, label = "finetune", ""
+
+    def __init__(self, rng: np.random.Generator, scores=None):
+        self.rng, self.scores, self.args = rng, list(scores or []), ToyArgs()
+        self.module = nn.Linear(3, 1)
+        self.w = torch.tensor([[1.0], [-2.0], [0.5]])
+
+    def describe(self) -> str:
+        return "toy"
+
+    def batches(self, epoch: int) -> Lazy:
+        return Lazy(range(4), lambda _: torch.from_numpy(self.rng.normal(size=(16, 3))).float())
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return ((self.module(x) - x @ self.w) ** 2).mean()
+
+    def checkpoint(self, kept: nn.Module) -> dict:
+        return {"model_type": "sasrec", "model_args": dataclasses.asdict(self.args), "state_dict": kept.state_dict()}
+
+
+class ScoredToyTask(ToyTask):
+    def evaluate(self, kept: nn.Module) -> dict:
+        return {"recall@10": self.scores.pop(0)}
+
+
+def fit_toy(task_cls, ds, out, seed=0, **cfg) -> tuple:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    task = task_cls(rng, cfg.pop("scores", None))
+    cfg = TrainerConfig(progress=False, lr=0.05, **cfg)
+    Trainer(cfg, ds, out, torch.device("cpu"), {"toy": True}).fit(task, rng)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return task, metrics
+
+
+def test_a_tiny_task_learns(ds, tmp_path):
+    task, metrics = fit_toy(ToyTask, ds, tmp_path / "run", epochs=60)
+    assert metrics[-1]["loss"] < metrics[0]["loss"] / 100
+    assert torch.allclose(task.module.weight.data, task.w.T, atol=0.05)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["epoch"] == 59 and ckpt["best_score"] is None, "without evaluate, every epoch is kept"
+    assert ckpt["version"] == CHECKPOINT_VERSION and ckpt["stage"] == "finetune" and ckpt["config"] == {"toy": True}
+
+
+def test_early_stopping_keeps_the_best_epoch(ds, tmp_path):
+    scores = [0.1, 0.3, 0.2, 0.25, 0.29, 0.5]
+    _, metrics = fit_toy(ScoredToyTask, ds, tmp_path / "run", epochs=10, patience=3, scores=scores)
+    assert [m["recall@10"] for m in metrics] == [0.1, 0.3, 0.2, 0.25, 0.29], "stops after 3 epochs without gain"
+    assert all(m["answers"] == "valid" for m in metrics)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert (ckpt["epoch"], ckpt["best_score"]) == (1, 0.3)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (last["epoch"], last["best_epoch"], last["bad_epochs"]) == (4, 1, 3)
+
+
+def test_select_last_reads_no_answers(ds, tmp_path):
+    _, metrics = fit_toy(ScoredToyTask, ds, tmp_path / "run", epochs=3, select="last", scores=[])
+    assert len(metrics) == 3 and not any("recall@10" in m or "answers" in m for m in metrics)
+
+
+def test_resume_is_exact(ds, tmp_path):
+    straight, _ = fit_toy(ToyTask, ds, tmp_path / "a", epochs=4, ema=0.5)
+    fit_toy(ToyTask, ds, tmp_path / "b", epochs=2, ema=0.5)
+    resumed, metrics = fit_toy(ToyTask, ds, tmp_path / "b", epochs=4, ema=0.5, resume=True)
+    assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]
+    assert torch.equal(straight.module.weight, resumed.module.weight)
+    a, b = (load_checkpoint(tmp_path / x / "checkpoint.pt")["state_dict"] for x in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the moving average resumes too"
+
+
+def test_resume_refuses_another_stage_version_or_data(ds, tmp_path):
+    fit_toy(ToyTask, ds, tmp_path / "run", epochs=1)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    with pytest.raises(InputError, match="pretrain stage"):
+        check_resumable(ckpt, ds, "last.pt", stage="pretrain")
+    with pytest.raises(InputError, match="format version 1 cannot be resumed"):
+        check_resumable({**ckpt, "version": 1}, ds, "last.pt", stage="finetune")
+    with pytest.raises(InputError, match="start a new run"):
+        check_resumable({**ckpt, "data_fingerprint": "other"}, ds, "last.pt", stage="finetune")
+    with pytest.raises(InputError, match="saved hidden=3, this model has hidden=4"):
+        check_resumable(ckpt, ds, "last.pt", stage="finetune", args=dataclasses.replace(ToyArgs(), hidden=4))
+    torch.save({**ckpt, "version": 99}, tmp_path / "future.pt")
+    with pytest.raises(InputError, match="format version 99"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+def test_a_non_finite_loss_names_the_epoch_and_step(ds, tmp_path):
+    class NanTask(ToyTask):
+        def loss(self, x):
+            return super().loss(x) * float("nan")
+    with pytest.raises(InputError, match="loss became nan at epoch 0 step 0"):
+        fit_toy(NanTask, ds, tmp_path / "run", epochs=1)
+
+
+# ---------------------------------------------------------------- nested configs
+
+def test_flat_flags_fill_nested_groups(tmp_path):
+    cfg = parse_config(TrainConfig, ["--hidden", "8", "--loss", "ce", "--lr", "0.01", "--l2", "50", "--seed", "3",
+                                     "--sp-weight", "0.1", "--no-tied"])
+    assert (cfg.sasrec.hidden, cfg.sasrec.tied, cfg.objective.loss, cfg.trainer.lr, cfg.ease.l2, cfg.trainer.seed,
+            cfg.pretrain.sp_weight) == (8, False, "ce", 0.01, 50.0, 3, 0.1)
+    assert cfg == train_config(hidden=8, tied=False, loss="ce", lr=0.01, l2=50.0, seed=3, sp_weight=0.1)
+    save_config(cfg, tmp_path / "config.json")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["sasrec"]["hidden"] == 8 and saved["trainer"]["seed"] == 3 and saved["objective"]["loss"] == "ce"
+    assert "n_items" in saved["sasrec"] and flat_dict(saved)["l2"] == 50.0
+    assert config_from_dict(TrainConfig, saved) == cfg
+    assert config_from_dict(TrainConfig, flat_dict(saved)) == cfg, "a flat dict rebuilds the same config"
+
+
+def test_presets_set_nested_settings_and_flags_win():
+    from common.training import PRESETS
+    cfg = parse_config(TrainConfig, ["--preset", "holdout-ce", "--max-len", "20"], presets=PRESETS)
+    assert (cfg.objective.history, cfg.trainer.batch_size, cfg.sasrec.pre_ln, cfg.sasrec.max_len) == \
+        ("holdout", 128, True, 20)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epoch", "3"], "unrecognized arguments: --epoch 3"),  # no prefix matching
+    (["--n-items", "5"], "unrecognized arguments: --n-items 5"),  # set from the data, not a flag
+    (["--sasrec", "x"], "unrecognized arguments: --sasrec x"),  # groups are not flags
+])
+def test_abbreviations_and_non_flags_are_refused(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        parse_config(TrainConfig, argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@dataclass
+class GroupA:
+    lr: float = 1.0
+
+
+@dataclass
+class GroupB:
+    lr: float = 2.0
+
+
+@dataclass
+class Both:
+    a: GroupA = field(default_factory=GroupA)
+    b: GroupB = field(default_factory=GroupB)
+
+
+def test_a_setting_declared_twice_is_refused():
+    with pytest.raises(AssertionError, match=r"settings \['lr'\] are declared twice"):
+        parse_config(Both, [])
+    with pytest.raises(TypeError, match="no settings"):
+        from_flat(TrainConfig, {"hiden": 3})
