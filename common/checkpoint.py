@@ -14,10 +14,10 @@ import torch
 
 from common.data import Dataset
 from common.io import InputError, atomic_path
+from common.registry import MODEL_TYPES
 
 CHECKPOINT_VERSION = 2  # 2: nested config, and every file a trainer writes can be resumed from
 READABLE_VERSIONS = (1, 2)  # what inference needs has not changed since version 1
-MODEL_TYPES = ("pop", "ease", "sasrec")
 ARCHITECTURE_FIELDS = ("n_items", "hidden", "layers", "heads", "max_len", "pre_ln", "final_ln", "tied")
 
 

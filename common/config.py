@@ -37,12 +37,12 @@ def _is_group(tp) -> bool:
 
 
 def leaf_fields(cls) -> list[tuple[dataclasses.Field, type]]:
-    """(field, type) of every setting of `cls`, groups expanded in order; names must be unique."""
+    """(field, type) of every setting of `cls`, groups expanded in order; flag names must be unique."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
         out += leaf_fields(hints[f.name]) if _is_group(hints[f.name]) else [(f, hints[f.name])]
-    names = [f.name for f, _ in out]
+    names = [f.name for f, _ in out if f.metadata.get("flag", True)]  # non-flags (n_items) may repeat
     dup = {n for n in names if names.count(n) > 1}
     assert not dup, f"{cls.__name__}: settings {sorted(dup)} are declared twice"
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from common.batches import (HISTORY_MODES, NegativeSampler, epoch_batches, gathe
                             holdout_cuts, holdout_examples, holdout_users, window_ends)
 from common.data import Dataset
 from common.losses import LOSSES
-from common.model import SASRec
+from common.model import SASRec, SASRecArgs
+from common.pretrain import load_pretrained_encoder
 from common.recommend import SASRecRecommender, evaluate
 from common.trainer import Lazy
 
@@ -148,3 +150,20 @@ class NextItemTask:
 
     def checkpoint(self, kept: SASRec) -> dict:
         return {"model_type": "sasrec", "model_args": dataclasses.asdict(kept.args), "state_dict": kept.state_dict()}
+
+
+def build_task(cfg, ds: Dataset, rng: np.random.Generator, device: torch.device) -> NextItemTask:
+    """SASRec for `cfg` (a TrainConfig), its encoder taken from a pretraining run with --init-from."""
+    model = SASRec(dataclasses.replace(cfg.sasrec, n_items=ds.n_items)).to(device)
+    if cfg.init_from and not cfg.trainer.resume:
+        path = Path(cfg.init_from)
+        path = path if path.suffix == ".pt" else ds.root / "runs" / cfg.init_from / "checkpoint.pt"
+        pre = load_pretrained_encoder(model, path, ds)
+        print(f"encoder initialised from {path} (pretraining epoch {pre['epoch']}, objectives {pre['objectives']})")
+    return NextItemTask(cfg, ds, model, rng, device)
+
+
+def recommender(ckpt: dict, ds: Dataset, device: torch.device) -> SASRecRecommender:
+    model = SASRec(SASRecArgs(**ckpt["model_args"])).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    return SASRecRecommender(model, ds, device)

@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from common.data import Dataset, pad_rows, row_owners
 from common.metrics import all_metrics
-from common.model import SASRec, SASRecArgs
+from common.model import SASRec
+from common.registry import model_module
 
 
 class PopRecommender:
@@ -131,9 +132,7 @@ def build_recommender(ckpt: dict, ds: Dataset, device: torch.device):
         return PopRecommender(ckpt["state_dict"]["counts"].to(device))
     if kind == "ease":
         return EASERecommender(ckpt["state_dict"]["B"], ds, **ckpt["model_args"].get("scoring", {}))
-    model = SASRec(SASRecArgs(**ckpt["model_args"])).to(device)
-    model.load_state_dict(ckpt["state_dict"])
-    return SASRecRecommender(model, ds, device)
+    return model_module(kind).recommender(ckpt, ds, device)
 
 
 @torch.no_grad()

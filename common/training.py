@@ -5,11 +5,13 @@ TrainConfig nests one dataclass per part, each declared where that part lives:
   ease       EASE's settings (common.recommend.EASEArgs)
   objective  the next-item loss and history (common.next_item.ObjectiveConfig)
   pretrain   S3-Rec's objective weights (common.pretrain.PretrainConfig)
+  vae        Mult-VAE's and RecVAE's settings (common.vae.VAEArgs)
+  cloze      the cloze model's masking (common.cloze.ClozeConfig); its encoder is `sasrec`
   trainer    the training loop (common.trainer.TrainerConfig)
 Flags stay flat (--hidden, --loss, --lr); config.json shows the nesting.
 
-A gradient-trained model is a task of the one trainer (common.trainer). To add one: write its task in a
-file of its own, and add one line to TASKS: its --model name and a function (cfg, ds, rng, device) -> task.
+A gradient-trained model is a task of the one trainer (common.trainer); common.registry names the module
+that builds it. To add one: its file, one line in the registry and, for settings of its own, one group here.
 """
 from __future__ import annotations
 
@@ -23,15 +25,18 @@ import numpy as np
 import torch
 
 from common.batches import MIN_INPUT, holdout_users
-from common.checkpoint import MODEL_TYPES, save_checkpoint
+from common.checkpoint import save_checkpoint
+from common.cloze import ClozeConfig
 from common.config import config_dict, from_flat
 from common.data import SPLITS, Dataset
 from common.io import InputError, append_jsonl
-from common.model import SASRec, SASRecArgs
-from common.next_item import NextItemTask, ObjectiveConfig
-from common.pretrain import PretrainConfig, PretrainTask, load_pretrained_encoder
+from common.model import SASRecArgs
+from common.next_item import ObjectiveConfig
+from common.pretrain import PretrainConfig, PretrainTask
 from common.recommend import EASEArgs, EASERecommender, PopRecommender, evaluate
+from common.registry import CLOSED_FORM, MODEL_TYPES, model_module
 from common.trainer import Trainer, TrainerConfig
+from common.vae import VAEArgs
 
 # Named recipes that measured best (docs/results.md); flags given beside --preset override them.
 PRESETS = {
@@ -62,10 +67,9 @@ class TrainConfig:
     ease: EASEArgs = field(default_factory=EASEArgs)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    vae: VAEArgs = field(default_factory=VAEArgs)
+    cloze: ClozeConfig = field(default_factory=ClozeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-    def task_name(self) -> str:
-        return "s3rec-pretrain" if self.stage == "pretrain" else self.model
 
 
 def train_config(**settings) -> TrainConfig:
@@ -77,26 +81,9 @@ def model_args(cfg: TrainConfig, ds: Dataset) -> SASRecArgs:
     return dataclasses.replace(cfg.sasrec, n_items=ds.n_items)
 
 
-def build_sasrec(cfg: TrainConfig, ds: Dataset, rng: np.random.Generator, device: torch.device) -> NextItemTask:
-    model = SASRec(model_args(cfg, ds)).to(device)
-    if cfg.init_from and not cfg.trainer.resume:
-        path = Path(cfg.init_from)
-        path = path if path.suffix == ".pt" else ds.root / "runs" / cfg.init_from / "checkpoint.pt"
-        pre = load_pretrained_encoder(model, path, ds)
-        print(f"encoder initialised from {path} (pretraining epoch {pre['epoch']}, objectives {pre['objectives']})")
-    return NextItemTask(cfg, ds, model, rng, device)
-
-
 def build_pretrain(cfg: TrainConfig, ds: Dataset, rng: np.random.Generator, device: torch.device) -> PretrainTask:
     return PretrainTask(cfg.pretrain, ds, model_args(cfg, ds), rng, device, cfg.objective.history,
                         cfg.trainer.batch_size)
-
-
-# --model (or the pretraining stage) -> its task
-TASKS = {
-    "sasrec": build_sasrec,
-    "s3rec-pretrain": build_pretrain,
-}
 
 
 def run_name(cfg: TrainConfig, ds: Dataset) -> str:
@@ -141,6 +128,11 @@ def check_config(cfg: TrainConfig, ds: Dataset) -> None:
     if not (e.l2 > 0 and e.window >= 0 and e.window_tau > 0 and e.diag_power >= 0):
         raise InputError(f"--l2 and --window-tau must be > 0, --window and --diag-power >= 0, got {e.l2}, "
                          f"{e.window_tau}, {e.window} and {e.diag_power}")
+    if o.history == "holdout" and cfg.model != "sasrec":
+        raise InputError(f"--history holdout trains sasrec; --model {cfg.model} reads last, windows or crops")
+    if not (0 < cfg.cloze.cloze_prob <= 1 and 0 <= cfg.cloze.cloze_end <= 1):
+        raise InputError(f"--cloze-prob must be in (0, 1] and --cloze-end in [0, 1], got {cfg.cloze.cloze_prob} "
+                         f"and {cfg.cloze.cloze_end}")
     if o.history == "holdout":
         own_targets = "--history holdout sets its own targets; it does not combine with"
         if cfg.stage == "pretrain":
@@ -153,7 +145,7 @@ def check_config(cfg: TrainConfig, ds: Dataset) -> None:
         if len(holdout_users(ds.indptr, o.holdout_last, o.holdout_random)) == 0:
             raise InputError(f"{ds.root}: no user has the {o.holdout_last + o.holdout_random + MIN_INPUT} training "
                              "items a simulated hidden set needs; lower --holdout-last/--holdout-random")
-    if cfg.model == "sasrec" and t.k > ds.n_items:
+    if cfg.model not in CLOSED_FORM and t.k > ds.n_items:
         raise InputError(f"--k {t.k} exceeds the {ds.n_items} items of {ds.root}")
 
 
@@ -180,8 +172,9 @@ def fit_closed_form(cfg: TrainConfig, ds: Dataset, out: Path) -> None:
 
 def fit(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -> None:
     """Fit the model `cfg` names on `ds`, writing checkpoint.pt and metrics.jsonl (and last.pt) to `out`."""
-    if cfg.model in ("pop", "ease"):
+    if cfg.model in CLOSED_FORM:
         return fit_closed_form(cfg, ds, out)
     rng = np.random.default_rng(cfg.trainer.seed)
-    task = TASKS[cfg.task_name()](cfg, ds, rng, device)
+    build = build_pretrain if cfg.stage == "pretrain" else model_module(cfg.model).build_task
+    task = build(cfg, ds, rng, device)
     Trainer(cfg.trainer, ds, out, device, config_dict(cfg)).fit(task, rng)

@@ -1,0 +1,138 @@
+"""A bidirectional cloze model on the SASRec encoder (BERT4Rec-style).
+
+Training masks random items anywhere in a window of the user's history (each with probability
+--cloze-prob, at least one per row; with probability --cloze-end the last item too) and predicts each
+masked item with a softmax over all items, leaving out padding and the items the row still shows.
+Every position attends to every other (causal=False). A masked position reads a learned mask vector
+plus its position embedding; the masked item itself is never looked up, so the encoder cannot see it.
+To recommend, the user's latest max_len - 1 items are followed by one masked position, whose hidden
+state scores every item: the question the hidden set's randomly dropped items ask as well.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from common.batches import epoch_batches, gather_windows, window_ends
+from common.data import PAD, Dataset, pad_rows
+from common.losses import ce_loss
+from common.model import SASRec, SASRecArgs
+from common.recommend import evaluate
+from common.trainer import Lazy
+
+
+@dataclass
+class ClozeConfig:
+    cloze_prob: float = field(default=0.2, metadata={"help": "cloze: share of a window's items masked"})
+    cloze_end: float = field(default=0.2, metadata={"help": "cloze: share of windows whose last item is masked "
+                                                            "as well (the next-item question)"})
+
+
+class ClozeModel(nn.Module):
+    def __init__(self, args: SASRecArgs):
+        super().__init__()
+        self.args = args
+        self.encoder = SASRec(args)
+        self.mask_emb = nn.Parameter(torch.empty(args.hidden))
+        nn.init.normal_(self.mask_emb, std=args.init_std)
+
+    def forward(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, L, H] of `seq` [B, L] (left-padded) with the positions `mask` [B, L] masked.
+
+        Masked items are replaced by padding before the embedding lookup; `seq` itself only marks which
+        positions are real (keys of the attention)."""
+        x = self.encoder.embed(seq.masked_fill(mask, PAD))  # [B, L, H]
+        x = torch.where(mask[..., None], x + self.mask_emb, x)
+        return self.encoder.encode(x, seq.masked_fill(mask, 1), causal=False)  # a masked position stays a key
+
+    def score_all(self, h: torch.Tensor) -> torch.Tensor:
+        return self.encoder.score_all(h)
+
+
+def cloze_masks(seq: np.ndarray, prob: float, end: float, rng: np.random.Generator) -> np.ndarray:
+    """[B, L] bool: each real item masked with probability `prob`, at least one per row, and the last
+    item of a row with probability `end`."""
+    B, L = seq.shape
+    real = seq != PAD
+    mask = (rng.random((B, L)) < prob) & real
+    mask[:, -1] |= (rng.random(B) < end) & real[:, -1]
+    forced = np.where(real, rng.random((B, L)), -1.0).argmax(1)  # a random real position per row
+    mask[np.arange(B), forced] |= ~mask.any(1)
+    return mask
+
+
+def cloze_loss(model: ClozeModel, batch: dict) -> torch.Tensor:
+    """Softmax cross-entropy at the masked positions over every item except padding and the items the
+    row still shows (they are never the answer, as at inference)."""
+    seq, mask = batch["seq"], batch["mask"]
+    h = model(seq, mask)[mask]  # [N, H]
+    rows = mask.nonzero(as_tuple=True)[0]  # [N]
+    visible = seq.masked_fill(mask, PAD)[rows]  # [N, L]
+    logits = model.score_all(h).scatter(1, visible, -math.inf)  # padding (0) is among `visible`
+    return ce_loss(logits, seq[mask])
+
+
+class ClozeRecommender:
+    """Scores from a masked position after the user's latest max_len - 1 items."""
+
+    def __init__(self, model: ClozeModel, ds: Dataset, device: torch.device):
+        self.model, self.ds, self.device = model, ds, device
+
+    @torch.no_grad()
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        self.model.eval()
+        hist = pad_rows(self.ds.indptr, self.ds.items, users, self.model.args.max_len - 1, left=True)
+        seq = torch.from_numpy(np.concatenate([hist, np.zeros((len(users), 1), hist.dtype)], axis=1)).to(self.device)
+        mask = torch.zeros_like(seq, dtype=torch.bool)
+        mask[:, -1] = True
+        h = self.model(seq, mask)[:, -1]  # [B, H]
+        return (h.double() @ self.model.encoder.output_embeddings().double().T).float()  # [B, V]
+
+
+class ClozeTask:
+    stage, label = "finetune", ""
+
+    def __init__(self, cfg, ds: Dataset, rng: np.random.Generator, device: torch.device):
+        self.cfg, self.ds, self.rng, self.device = cfg, ds, rng, device
+        self.args = dataclasses.replace(cfg.sasrec, n_items=ds.n_items)
+        self.module = ClozeModel(self.args).to(device)
+
+    def describe(self) -> str:
+        n_params = sum(p.numel() for p in self.module.parameters())
+        return f"cloze: {n_params:,} parameters, {self.ds.n_users:,} users, {self.ds.n_items:,} items"
+
+    def batches(self, epoch: int) -> Lazy:
+        max_len = self.args.max_len
+        ends = window_ends(self.ds.indptr, max_len, self.cfg.objective.history, self.rng)
+        return Lazy(epoch_batches(self.ds.indptr, ends, max_len, self.cfg.trainer.batch_size, self.rng), self._batch)
+
+    def _batch(self, ends: np.ndarray) -> dict:
+        _, seq, user = gather_windows(self.ds.indptr, self.ds.items, ends, self.args.max_len)  # seq = window items
+        seq = seq[:, int(np.argmax((seq != PAD).any(axis=0))):]  # drop columns that are padding in every row
+        mask = cloze_masks(seq, self.cfg.cloze.cloze_prob, self.cfg.cloze.cloze_end, self.rng)
+        return {k: torch.from_numpy(v).to(self.device) for k, v in {"seq": seq, "mask": mask, "user": user}.items()}
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        return cloze_loss(self.module, batch)
+
+    def evaluate(self, kept: ClozeModel) -> dict:
+        return evaluate(ClozeRecommender(kept, self.ds, self.device), self.ds, self.cfg.trainer.k,
+                        self.cfg.trainer.eval_batch_size)
+
+    def checkpoint(self, kept: ClozeModel) -> dict:
+        return {"model_type": "cloze", "model_args": dataclasses.asdict(self.args), "state_dict": kept.state_dict()}
+
+
+def build_task(cfg, ds: Dataset, rng: np.random.Generator, device: torch.device) -> ClozeTask:
+    return ClozeTask(cfg, ds, rng, device)
+
+
+def recommender(ckpt: dict, ds: Dataset, device: torch.device) -> ClozeRecommender:
+    model = ClozeModel(SASRecArgs(**ckpt["model_args"])).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    return ClozeRecommender(model, ds, device)

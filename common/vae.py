@@ -1,0 +1,218 @@
+"""Variational autoencoders of each user's whole history: Mult-VAE and RecVAE.
+
+Both read a user's training items as a multi-hot row x [n_items] (column i - 1 is item i), normalised
+to unit length and dropped out, encode it to a Gaussian posterior q(z|x) and decode z to a softmax over
+all items; the loss is the multinomial log-likelihood of x plus a KL term. Scores are the decoder's
+logits at the posterior mean, with the padding column 0 at -inf.
+
+  multvae  Mult-VAE (Liang et al., WWW 2018): one tanh layer each way; KL weight annealed as
+           min(beta, step / anneal_steps).
+  recvae   RecVAE (Shenbin et al., WSDM 2020): a five-layer densely connected encoder (swish,
+           LayerNorm), a linear decoder, a composite prior (standard normal, the previous epoch's
+           posterior, a wide normal), KL weight gamma * |x_u|, and alternating updates: each epoch runs
+           `enc_passes` passes that step the encoder only, then one pass that steps the decoder only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.data import Dataset
+from common.recommend import evaluate
+from common.trainer import Lazy
+
+LOG_2PI = math.log(2 * math.pi)
+PRIOR_WEIGHTS = (3 / 20, 3 / 4, 1 / 10)  # RecVAE's mixture: standard normal, previous posterior, wide normal
+WIDE_LOGVAR = 10.0
+
+
+@dataclass
+class VAEArgs:
+    n_items: int = field(default=0, metadata={"flag": False})
+    vae_hidden: int = field(default=600, metadata={"help": "multvae/recvae: width of the hidden layers"})
+    latent: int = field(default=200, metadata={"help": "multvae/recvae: size of z"})
+    input_dropout: float = field(default=0.5, metadata={"help": "multvae/recvae: dropout on the input row"})
+    beta: float = field(default=0.2, metadata={"help": "multvae: largest KL weight"})
+    anneal_steps: int = field(default=200000, metadata={"help": "multvae: KL weight = min(beta, step / "
+                                                                "anneal_steps)"})
+    gamma: float = field(default=0.005, metadata={"help": "recvae: KL weight per item of the user"})
+    enc_passes: int = field(default=3, metadata={"help": "recvae: encoder passes per decoder pass in an epoch"})
+
+
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) per coordinate."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 / logvar.exp())
+
+
+def multinomial_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-Σ_i x_i log softmax(logits)_i per row [B]."""
+    return -(F.log_softmax(logits, dim=1) * x).sum(dim=1)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row [B]."""
+    return -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(dim=1)
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, sample: bool) -> torch.Tensor:
+    return mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
+
+
+class MultVAE(nn.Module):
+    def __init__(self, a: VAEArgs):
+        super().__init__()
+        self.args = a
+        self.encoder = nn.Linear(a.n_items, a.vae_hidden)
+        self.posterior = nn.Linear(a.vae_hidden, 2 * a.latent)  # mu, logvar
+        self.decoder = nn.Sequential(nn.Linear(a.latent, a.vae_hidden), nn.Tanh(), nn.Linear(a.vae_hidden, a.n_items))
+        self.register_buffer("steps", torch.zeros(()))  # optimizer steps taken: anneals the KL
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                nn.init.normal_(m.bias, std=0.001)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.dropout(F.normalize(x, dim=1), self.args.input_dropout, self.training)
+        return self.posterior(torch.tanh(self.encoder(h))).chunk(2, dim=1)  # [B, Z] each
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encode(x)[0])  # [B, n_items]
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        mu, logvar = self.encode(x)
+        logits = self.decoder(reparameterize(mu, logvar, self.training))
+        beta = min(self.args.beta, float(self.steps) / self.args.anneal_steps)
+        self.steps += 1
+        nll, kl = multinomial_nll(logits, x).mean(), gaussian_kl(mu, logvar).mean()
+        return nll + beta * kl, {"nll": nll.item(), "kl": kl.item(), "beta": beta}
+
+
+class DenseEncoder(nn.Module):
+    """RecVAE's encoder: five swish layers, each fed the sum of all earlier layers' outputs, LayerNorm'd."""
+    LAYERS = 5
+
+    def __init__(self, a: VAEArgs):
+        super().__init__()
+        self.args = a
+        self.fc = nn.ModuleList([nn.Linear(a.n_items, a.vae_hidden)]
+                                + [nn.Linear(a.vae_hidden, a.vae_hidden) for _ in range(self.LAYERS - 1)])
+        self.ln = nn.ModuleList(nn.LayerNorm(a.vae_hidden, eps=0.1) for _ in range(self.LAYERS))
+        self.posterior = nn.Linear(a.vae_hidden, 2 * a.latent)
+
+    def forward(self, x: torch.Tensor, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.dropout(F.normalize(x, dim=1), dropout, self.training)
+        outs = []
+        for fc, ln in zip(self.fc, self.ln):
+            h = ln(F.silu(fc(h) + sum(outs)))  # [B, H]
+            outs.append(h)
+        return self.posterior(h).chunk(2, dim=1)  # [B, Z] each
+
+
+class RecVAE(nn.Module):
+    def __init__(self, a: VAEArgs):
+        super().__init__()
+        self.args = a
+        self.encoder = DenseEncoder(a)
+        self.previous = DenseEncoder(a).requires_grad_(False)  # the prior's copy of the last epoch's encoder
+        self.decoder = nn.Linear(a.latent, a.n_items)
+
+    def start_epoch(self) -> None:
+        self.previous.load_state_dict(self.encoder.state_dict())
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x, 0.0)[0])  # [B, n_items]
+
+    def log_prior(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log of the composite prior at z [B, Z], per coordinate."""
+        mu_prev, logvar_prev = self.previous(x, 0.0)
+        zero = torch.zeros_like(z)
+        parts = [gaussian_log_density(z, zero, zero), gaussian_log_density(z, mu_prev, logvar_prev),
+                 gaussian_log_density(z, zero, zero + WIDE_LOGVAR)]
+        return torch.logsumexp(torch.stack([p + math.log(w) for p, w in zip(parts, PRIOR_WEIGHTS)]), dim=0)
+
+    def loss(self, x: torch.Tensor, phase: str) -> tuple[torch.Tensor, dict]:
+        """The negative ELBO of a batch. phase "encoder": gradients reach the encoder only;
+        "decoder": the decoder only, read with the input not dropped out."""
+        with torch.set_grad_enabled(phase == "encoder"):
+            mu, logvar = self.encoder(x, self.args.input_dropout if phase == "encoder" else 0.0)
+            z = reparameterize(mu, logvar, self.training)
+            kl = (gaussian_log_density(z, mu, logvar) - self.log_prior(x, z)).sum(dim=1) * self.args.gamma * x.sum(1)
+        if phase == "encoder":
+            logits = F.linear(z, self.decoder.weight.detach(), self.decoder.bias.detach())
+        else:
+            logits = self.decoder(z.detach())
+        nll = multinomial_nll(logits, x)
+        return (nll + kl).mean(), {"nll": nll.mean().item(), "kl": kl.mean().item()}
+
+
+MODELS = {"multvae": MultVAE, "recvae": RecVAE}
+
+
+class VAERecommender:
+    """Scores of each user's training items read as one multi-hot row."""
+
+    def __init__(self, model: nn.Module, ds: Dataset, device: torch.device):
+        self.model, self.device = model, device
+        self.X = ds.seen_matrix()  # sparse [n_users, n_items + 1]
+
+    @torch.no_grad()
+    def score(self, users: np.ndarray) -> torch.Tensor:
+        self.model.eval()
+        x = torch.from_numpy(self.X[users].toarray()[:, 1:]).to(self.device)  # [B, n_items]
+        s = self.model.scores(x)
+        return torch.cat([torch.full((len(users), 1), -math.inf, device=s.device), s], dim=1)  # [B, V]
+
+
+class VAETask:
+    """Mult-VAE or RecVAE on every user with a training item, in random batches of users."""
+    stage, label = "finetune", ""
+
+    def __init__(self, cfg, ds: Dataset, kind: str, rng: np.random.Generator, device: torch.device):
+        self.cfg, self.ds, self.kind, self.rng, self.device = cfg, ds, kind, rng, device
+        self.args = dataclasses.replace(cfg.vae, n_items=ds.n_items)
+        self.module = MODELS[kind](self.args).to(device)
+        self.X = ds.seen_matrix()  # sparse [n_users, n_items + 1]
+        self.users = np.flatnonzero(np.diff(ds.indptr) > 0)
+
+    def describe(self) -> str:
+        n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+        return f"{self.kind}: {n_params:,} parameters, {len(self.users):,} users, {self.ds.n_items:,} items"
+
+    def _pass(self, phase: str) -> list:
+        users, size = self.users[self.rng.permutation(len(self.users))], self.cfg.trainer.batch_size
+        return [(phase, users[s:s + size]) for s in range(0, len(users), size)]
+
+    def batches(self, epoch: int) -> Lazy:
+        if self.kind == "recvae":
+            self.module.start_epoch()
+            steps = [b for _ in range(self.args.enc_passes) for b in self._pass("encoder")] + self._pass("decoder")
+        else:
+            steps = self._pass("all")
+        return Lazy(steps, lambda step: (step[0], torch.from_numpy(self.X[step[1]].toarray()[:, 1:]).to(self.device)))
+
+    def loss(self, batch: tuple) -> tuple[torch.Tensor, dict]:
+        phase, x = batch
+        return self.module.loss(x, phase) if self.kind == "recvae" else self.module.loss(x)
+
+    def evaluate(self, kept: nn.Module) -> dict:
+        return evaluate(VAERecommender(kept, self.ds, self.device), self.ds, self.cfg.trainer.k,
+                        self.cfg.trainer.eval_batch_size)
+
+    def checkpoint(self, kept: nn.Module) -> dict:
+        return {"model_type": self.kind, "model_args": dataclasses.asdict(self.args), "state_dict": kept.state_dict()}
+
+
+def build_task(cfg, ds: Dataset, rng: np.random.Generator, device: torch.device) -> VAETask:
+    return VAETask(cfg, ds, cfg.model, rng, device)
+
+
+def recommender(ckpt: dict, ds: Dataset, device: torch.device) -> VAERecommender:
+    model = MODELS[ckpt["model_type"]](VAEArgs(**ckpt["model_args"])).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    return VAERecommender(model, ds, device)
