@@ -24,7 +24,9 @@ from pathlib import Path
 from common.config import parse_config, save_config
 from common.data import Dataset
 from common.io import InputError, read_json, run_main
-from common.pipeline import Runner, blend_runs, refit_flags, tune_member, tune_weights
+from common import rerank
+from common.pipeline import (Runner, blend_runs, build_candidates, candidate_groups, refit_flags, rerank_stage,
+                             tune_member, tune_weights)
 from common.readers import FORMATS
 from common.recipe import TUNE, load_recipe
 from common.report import write_report
@@ -92,6 +94,18 @@ def main():
     weights, _, trace = tune_weights(recipe, tune_runs, valid_ds)
     _, _, valid_blend = blend_runs(recipe, tune_runs, weights, valid_ds)  # scored like every other blend
     print(f"  weights {json.dumps(weights)}: validation recall@{k} {valid_blend[f'recall@{k}']:.4f}")
+    reranked = recipe.blend == "rerank"
+    rr = {}
+    if reranked:
+        t_rr = time.time()
+        valid_c = build_candidates(candidate_groups(recipe.members, tune_runs), valid_ds, recipe.candidates,
+                                   recipe.rerank)
+        rr["valid"], rr["importance"] = rerank.cross_fit(valid_c, valid_ds, recipe.rerank, k)
+        rr["valid_seconds"] = round(time.time() - t_rr, 1)
+        rr["features"], rr["valid_pairs"] = valid_c.names, len(valid_c.users)
+        print(f"  reranker over {len(valid_c.users):,} candidate pairs, cross-fitted on two halves of the "
+              f"validation users: recall@{k} {rr['valid'][f'recall@{k}']:.4f} (linear blend "
+              f"{valid_blend[f'recall@{k}']:.4f})")
 
     print("3/5 refit each member on the split's training part; score on the test answers")
     test_runs = {m.name: [runner.fit(split_root, test_ds.fingerprint, "test", m, r["seed"],
@@ -102,16 +116,24 @@ def main():
     for m in recipe.members:
         print(f"  test recall@{k} of {m.name} alone: {test_members[m.name][f'recall@{k}']:.4f}")
     print(f"  honest test score of the blend: {json.dumps({a: round(v, 5) for a, v in test_blend.items()})}")
+    if reranked:
+        _, _, rr["test"], rr["test_seconds"] = rerank_stage(recipe, (tune_runs, valid_ds), (test_runs, test_ds))
+        print(f"  honest test score of the reranker: {json.dumps({a: round(v, 5) for a, v in rr['test'].items()})}")
+    final_score = rr["test"] if reranked else test_blend
 
     final_file, final_runs = None, {}
     if cfg.final:
-        print(f"4/5 refit the members with weight > 0 on {full_root} and blend")
+        print(f"4/5 refit {'every member' if reranked else 'the members with weight > 0'} on {full_root} and "
+              + ("rerank" if reranked else "blend"))
         full_ds = Dataset(full_root)
-        kept = [m for m in recipe.members if weights[m.name] > 0]
+        kept = recipe.members if reranked else [m for m in recipe.members if weights[m.name] > 0]
         final_runs = {m.name: [runner.fit(full_root, full_ds.fingerprint, "final", m, r["seed"],
                                           refit_flags(recipe, tuned[m.name], r), "test") for r in tune_runs[m.name]]
                       for m in kept}
-        users, top, _ = blend_runs(recipe, final_runs, weights, full_ds, kept)
+        if reranked:  # learned on the test candidates and answers, as the test one was on validation
+            users, top, _, rr["final_seconds"] = rerank_stage(recipe, (test_runs, test_ds), (final_runs, full_ds))
+        else:
+            users, top, _ = blend_runs(recipe, final_runs, weights, full_ds, kept)
         final_file = out_dir / f"{name}-final.csv"
         write_ranked(final_file, full_ds.user_raw[users], full_ds.item_raw[top])
     else:
@@ -145,6 +167,7 @@ def main():
         "members": members,
         "blend": {"weights": weights, "tuned": [m.name for m in recipe.members if m.weight == TUNE],
                   "valid": valid_blend, "test": test_blend, "trace": trace},
+        "method": recipe.blend, "rerank": {"config": vars(recipe.rerank), **rr} if reranked else None,
         "final_file": str(final_file) if final_file else None,
         "steps": steps, "seconds": round(time.time() - t0, 1),
         "work_seconds": round(sum(s["seconds"] for s in steps), 1),  # reused steps at their first cost
@@ -153,8 +176,8 @@ def main():
     }
     written = write_report(report_dir, report)
     save_config(cfg, report_dir / "config.json")
-    print(json.dumps({"blend": name, "answers": "test", "weights": weights,
-                      **{a: round(v, 5) for a, v in test_blend.items()}}))
+    print(json.dumps({"blend": name, "method": recipe.blend, "answers": "test", "weights": weights,
+                      **{a: round(v, 5) for a, v in final_score.items()}}))
     print(f"wrote {', '.join(map(str, ([final_file] if final_file else []) + written))} "
           f"in {report['seconds']:.0f}s")
 

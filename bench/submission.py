@@ -31,7 +31,7 @@ DATASETS = {  # name: (input, hold-out flags)
 BASELINE = ["--model", "ease", "--l2", "500"]
 
 
-def run_seed(dataset: str, seed: int, recipe: str, cutoff: float, final: bool, threads: int) -> dict:
+def run_seed(dataset: str, seed: int, recipe: str, cutoff: float, final: bool, threads: int, device: str) -> dict:
     src, holdout = DATASETS[dataset]
     if cutoff:
         holdout = ["--holdout-cutoff", str(cutoff), "--holdout-random", "5"]
@@ -39,7 +39,8 @@ def run_seed(dataset: str, seed: int, recipe: str, cutoff: float, final: bool, t
     name = f"bench-{dataset}-{shape}{seed}"
     out_dir = f"data/bench-submissions/{Path(recipe).stem}"
     m = measure([PY, "06_submission.py", "--input", str(src), "--recipe", recipe, "--name", name, "--seed", str(seed),
-                 *holdout, "--out-dir", out_dir, "--threads", str(threads), "--final" if final else "--no-final"])
+                 *holdout, "--out-dir", out_dir, "--threads", str(threads), "--device", device,
+                 "--final" if final else "--no-final"])
     rep = json.loads((ROOT / out_dir / f"{name}-report" / "report.json").read_text())
     split = f"data/{name}-split"
     run = f"baseline-ease-l500-s{seed}"
@@ -47,8 +48,12 @@ def run_seed(dataset: str, seed: int, recipe: str, cutoff: float, final: bool, t
              "--threads", str(threads), *BASELINE])
     base = last_json(measure([PY, "03_inference.py", f"{split}/runs/{run}/checkpoint.pt", "--split", "test",
                               "--out-dir", f"{split}/runs/{run}", "--threads", str(threads)])["stdout"])
+    rr = rep.get("rerank")  # with blend = "rerank" the reranker's order is the submitted one
     row = {"dataset": dataset, "split": seed, "shape": shape, "recipe": recipe, "final": final,
-           "test": rep["blend"]["test"], "valid_recall@10": rep["blend"]["valid"]["recall@10"],
+           "method": rep.get("method", "linear"), "test": rr["test"] if rr else rep["blend"]["test"],
+           "valid_recall@10": (rr or rep["blend"])["valid"]["recall@10"],
+           "linear_test": rep["blend"]["test"], "linear_valid_recall@10": rep["blend"]["valid"]["recall@10"],
+           "importance": rr["importance"] if rr else None,
            "weights": rep["blend"]["weights"],
            "members_test": {x["name"]: x["test"].get("recall@10") for x in rep["members"]},
            "chosen": {x["name"]: x["chosen"] for x in rep["members"]},
@@ -60,15 +65,16 @@ def run_seed(dataset: str, seed: int, recipe: str, cutoff: float, final: bool, t
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| split | blend test Recall@10 | NDCG@10 | validation | EASE λ=500 test | × EASE | seconds | peak MB |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| split | test Recall@10 | NDCG@10 | validation | linear blend test | EASE λ=500 test | × EASE | seconds "
+           "| peak MB |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         out.append(f"| {r['shape']}{r['split']} | {r['test']['recall@10']:.4f} | {r['test']['ndcg@10']:.4f} | "
-                   f"{r['valid_recall@10']:.4f} | {r['ease_l500_test']['recall@10']:.4f} | {r['x_ease']:.3f} | "
+                   f"{r['valid_recall@10']:.4f} | {r['linear_test']['recall@10']:.4f} | "
+                   f"{r['ease_l500_test']['recall@10']:.4f} | {r['x_ease']:.3f} | "
                    f"{r['seconds']:.0f} | {r['peak_mb']:.0f} |")
     rec = np.array([r["test"]["recall@10"] for r in rows])
     ratio = np.array([r["x_ease"] for r in rows])
-    out.append(f"| mean ± std | {rec.mean():.4f} ± {rec.std():.4f} | | | | {ratio.mean():.3f} | | |")
+    out.append(f"| mean ± std | {rec.mean():.4f} ± {rec.std():.4f} | | | | | {ratio.mean():.3f} | | |")
     return "\n".join(out)
 
 
@@ -80,10 +86,12 @@ def main():
     ap.add_argument("--cutoff", type=float, default=0.0, help="hold out after this time quantile (0: per user)")
     ap.add_argument("--final", action="store_true", help="also refit on the full data (times the whole command)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     if args.dataset == "full":
         ensure_full_demo(FULL_RAW)
-    rows = [run_seed(args.dataset, s, args.recipe, args.cutoff, args.final, args.threads) for s in args.seeds]
+    rows = [run_seed(args.dataset, s, args.recipe, args.cutoff, args.final, args.threads, args.device)
+            for s in args.seeds]
     print(table(rows))
 
 

@@ -22,7 +22,7 @@ from common.batches import epoch_batches, gather_windows, window_ends
 from common.data import PAD, Dataset, pad_rows
 from common.losses import ce_loss
 from common.model import SASRec, SASRecArgs
-from common.recommend import evaluate
+from common.recommend import RecommenderTask, SASRecRecommender, restored
 from common.trainer import Lazy
 
 
@@ -53,6 +53,9 @@ class ClozeModel(nn.Module):
     def score_all(self, h: torch.Tensor) -> torch.Tensor:
         return self.encoder.score_all(h)
 
+    def output_embeddings(self) -> torch.Tensor:
+        return self.encoder.output_embeddings()
+
 
 def cloze_masks(seq: np.ndarray, prob: float, end: float, rng: np.random.Generator) -> np.ndarray:
     """[B, L] bool: each real item masked with probability `prob`, at least one per row, and the last
@@ -77,25 +80,19 @@ def cloze_loss(model: ClozeModel, batch: dict) -> torch.Tensor:
     return ce_loss(logits, seq[mask])
 
 
-class ClozeRecommender:
+class ClozeRecommender(SASRecRecommender):
     """Scores from a masked position after the user's latest max_len - 1 items."""
 
-    def __init__(self, model: ClozeModel, ds: Dataset, device: torch.device):
-        self.model, self.ds, self.device = model, ds, device
-
-    @torch.no_grad()
-    def score(self, users: np.ndarray) -> torch.Tensor:
-        self.model.eval()
+    def last_hidden(self, users: np.ndarray) -> torch.Tensor:
         hist = pad_rows(self.ds.indptr, self.ds.items, users, self.model.args.max_len - 1, left=True)
         seq = torch.from_numpy(np.concatenate([hist, np.zeros((len(users), 1), hist.dtype)], axis=1)).to(self.device)
         mask = torch.zeros_like(seq, dtype=torch.bool)
         mask[:, -1] = True
-        h = self.model(seq, mask)[:, -1]  # [B, H]
-        return (h.double() @ self.model.encoder.output_embeddings().double().T).float()  # [B, V]
+        return self.model(seq, mask)[:, -1]  # [B, H]
 
 
-class ClozeTask:
-    stage, label = "finetune", ""
+class ClozeTask(RecommenderTask):
+    model_type, recommender_cls = "cloze", ClozeRecommender
 
     def __init__(self, cfg, ds: Dataset, rng: np.random.Generator, device: torch.device):
         self.cfg, self.ds, self.rng, self.device = cfg, ds, rng, device
@@ -120,12 +117,7 @@ class ClozeTask:
     def loss(self, batch: dict) -> torch.Tensor:
         return cloze_loss(self.module, batch)
 
-    def evaluate(self, kept: ClozeModel) -> dict:
-        return evaluate(ClozeRecommender(kept, self.ds, self.device), self.ds, self.cfg.trainer.k,
-                        self.cfg.trainer.eval_batch_size)
 
-    def checkpoint(self, kept: ClozeModel) -> dict:
-        return {"model_type": "cloze", "model_args": dataclasses.asdict(self.args), "state_dict": kept.state_dict()}
 
 
 def build_task(cfg, ds: Dataset, rng: np.random.Generator, device: torch.device) -> ClozeTask:
@@ -133,6 +125,4 @@ def build_task(cfg, ds: Dataset, rng: np.random.Generator, device: torch.device)
 
 
 def recommender(ckpt: dict, ds: Dataset, device: torch.device) -> ClozeRecommender:
-    model = ClozeModel(SASRecArgs(**ckpt["model_args"])).to(device)
-    model.load_state_dict(ckpt["state_dict"])
-    return ClozeRecommender(model, ds, device)
+    return ClozeRecommender(restored(ClozeModel(SASRecArgs(**ckpt["model_args"])), ckpt, device), ds, device)

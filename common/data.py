@@ -3,7 +3,8 @@
 Artifacts under `data/<dataset>/` (numpy arrays and JSON only, no pickles):
   meta.json        format version, sizes, hold-out settings, summary counts
   maps.npz         user_raw[n_users], item_raw[n_items + 1] (item_raw[0] = -1 is padding)
-  sequences.npz    indptr[n_users + 1], items[n_train]: each user's training items in time order
+  sequences.npz    indptr[n_users + 1], items[n_train], times[n_train]: each user's training items in time
+                   order, and their timestamps (positions for data without timestamps)
   holdout.npz      indptr[n_users + 1], items[n_holdout]: the local test answers (empty without a hold-out)
   answers.csv      the same answers with raw ids, `user,item`
   valid.npz        indptr[n_users + 1], items[n_valid], positions[n_valid]: validation answers carved out of the
@@ -43,7 +44,7 @@ from common.readers import RawData
 
 PAD = 0  # the padding item id: dense item ids are 1..n_items
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: sequences.npz holds the timestamps
 SPLITS = ("test", "valid")  # which answers a Dataset view scores against
 FINGERPRINT_FILES = ("maps.npz", "sequences.npz", "holdout.npz", "valid.npz")
 MIN_TRAIN_LEFT = 3  # a held-out user keeps at least this many training interactions
@@ -224,7 +225,7 @@ def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_npz(out / "maps.npz", user_raw=user_raw.astype(np.int64), item_raw=item_raw)
-    write_npz(out / "sequences.npz", indptr=tr_indptr, items=tr_items)
+    write_npz(out / "sequences.npz", indptr=tr_indptr, items=tr_items, times=tr_times.astype(np.float64))
     write_npz(out / "holdout.npz", indptr=ho_indptr, items=items[answer])
     write_npz(out / "valid.npz", indptr=va_indptr, items=tr_items[valid], positions=np.flatnonzero(valid))
     write_npz(out / "attributes.npz", indptr=a_indptr, ids=a_ids)
@@ -267,7 +268,8 @@ class Dataset:
             raise InputError(f"{self.root}: its arrays do not match the fingerprint in meta.json (a preprocessing "
                              "run was interrupted or files were changed); run 01_preprocess.py again")
         self.user_raw, self.item_raw = loaded["maps.npz"]["user_raw"], loaded["maps.npz"]["item_raw"]
-        self.indptr, self.items = loaded["sequences.npz"]["indptr"], loaded["sequences.npz"]["items"]
+        seqs = loaded["sequences.npz"]
+        self.indptr, self.items, self.times = seqs["indptr"], seqs["items"], seqs["times"]
         self.split = split
         answers = loaded["holdout.npz"]
         if split == "valid":
@@ -279,7 +281,7 @@ class Dataset:
             keep[answers["positions"]] = False
             owner = row_owners(self.indptr)
             self.indptr = csr_offsets(np.bincount(owner[keep], minlength=len(self.user_raw)))
-            self.items = self.items[keep]
+            self.items, self.times = self.items[keep], self.times[keep]
         self.ans_indptr, self.ans_items = answers["indptr"], answers["items"]
         self._attr = None
 

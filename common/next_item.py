@@ -21,7 +21,7 @@ from common.data import Dataset
 from common.losses import LOSSES
 from common.model import SASRec, SASRecArgs
 from common.pretrain import load_pretrained_encoder
-from common.recommend import SASRecRecommender, evaluate
+from common.recommend import RecommenderTask, SASRecRecommender, restored
 from common.trainer import Lazy
 
 
@@ -125,9 +125,9 @@ def make_batch(ds: Dataset, examples: np.ndarray, sampler: NegativeSampler, cfg,
     return batch
 
 
-class NextItemTask:
+class NextItemTask(RecommenderTask):
     """SASRec trained to predict the next items of each window (or the items of a simulated hidden set)."""
-    stage, label = "finetune", ""
+    model_type, recommender_cls = "sasrec", SASRecRecommender
 
     def __init__(self, cfg, ds: Dataset, model: SASRec, rng: np.random.Generator, device: torch.device):
         self.cfg, self.ds, self.module, self.args, self.rng, self.device = cfg, ds, model, model.args, rng, device
@@ -144,12 +144,7 @@ class NextItemTask:
     def loss(self, batch: dict) -> torch.Tensor:
         return train_loss(self.module, batch, self.cfg.objective.loss)
 
-    def evaluate(self, kept: SASRec) -> dict:
-        return evaluate(SASRecRecommender(kept, self.ds, self.device), self.ds, self.cfg.trainer.k,
-                        self.cfg.trainer.eval_batch_size)
 
-    def checkpoint(self, kept: SASRec) -> dict:
-        return {"model_type": "sasrec", "model_args": dataclasses.asdict(kept.args), "state_dict": kept.state_dict()}
 
 
 def build_task(cfg, ds: Dataset, rng: np.random.Generator, device: torch.device) -> NextItemTask:
@@ -164,6 +159,4 @@ def build_task(cfg, ds: Dataset, rng: np.random.Generator, device: torch.device)
 
 
 def recommender(ckpt: dict, ds: Dataset, device: torch.device) -> SASRecRecommender:
-    model = SASRec(SASRecArgs(**ckpt["model_args"])).to(device)
-    model.load_state_dict(ckpt["state_dict"])
-    return SASRecRecommender(model, ds, device)
+    return SASRecRecommender(restored(SASRec(SASRecArgs(**ckpt["model_args"])), ckpt, device), ds, device)

@@ -8,6 +8,9 @@ Phases, each made of runs of the numbered scripts (02_train.py, 03_inference.py)
          for a fixed number of epochs, `Recipe.refit_epochs` of its best validation epoch, reading no
          answers), scored on the test answers, and blended at the chosen weights: the honest test score
   final  the same refit on <name>-full (no hold-out), blended into the final submission
+With blend = "rerank" (common/rerank.py) a classifier orders the union of the members' candidates instead
+of the weights: learned on the validation candidates and answers, it orders the test candidates (the
+honest score); learned the same way on the test candidates and answers, it orders the final ones.
 
 A run is keyed by its arguments and its data set's fingerprint: <dataset>/runs/<member>-<phase>-s<seed>-<key>.
 A finished run is reused (its step.json); an interrupted one resumes from its last.pt; a run made on other
@@ -26,11 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from common.blend import blend_top_k, contribution_matrix, load_inputs, top_k_of_pairs
+from common import rerank
 from common.config import flat_dict
 from common.data import Dataset
 from common.io import InputError, read_json, write_json
 from common.metrics import all_metrics
 from common.recipe import TUNE, Member, Recipe, settings_flags
+from common.rerank import build_candidates
 
 ROOT = Path(__file__).resolve().parents[1]  # the numbered scripts live here
 STEP_FILE = "step.json"  # written when a run's training and inference are both done
@@ -221,3 +226,21 @@ def blend_runs(recipe: Recipe, runs: dict[str, list[dict]], weights: dict[str, f
         ev = ds.eval_users()
         metrics = all_metrics(top[np.searchsorted(users, ev)], ds.answers_padded(ev), recipe.k)
     return users, top, metrics
+
+
+def candidate_groups(members: list[Member], runs: dict[str, list[dict]]) -> dict[str, list[Path]]:
+    """Each member's candidate files, one per seed run."""
+    return {m.name: [Path(r["candidates"]) for r in runs[m.name]] for m in members}
+
+
+def rerank_stage(recipe: Recipe, learn: tuple[dict, Dataset], apply: tuple[dict, Dataset]):
+    """Learn the reranker on the candidates of `learn` (runs, dataset) against its answers, then order the
+    candidates of `apply`. Returns (users [U], top-k [U, k], metrics on `apply`'s answers or {}, seconds)."""
+    t0 = time.time()
+    c = build_candidates(candidate_groups(recipe.members, learn[0]), learn[1], recipe.candidates, recipe.rerank)
+    model = rerank.fit(c, rerank.labels(c, learn[1]), recipe.rerank, rerank.answered_rows(c, learn[1]))
+    runs, ds = apply
+    target = build_candidates(candidate_groups(recipe.members, runs), ds, recipe.candidates, recipe.rerank)
+    users, top = rerank.rerank(model, target, ds, recipe.k)
+    metrics = rerank.score(top, users, ds, recipe.k) if ds.has_holdout else {}
+    return users, top, metrics, round(time.time() - t0, 1)

@@ -8,6 +8,11 @@ A recipe is a TOML file (read with the standard library's tomllib):
     tune_rounds = 2                         # coordinate-ascent passes over the tuned weights
     epoch_scale = 1.0                       # refit epochs = round(epoch_scale * epochs up to the best one)
     train_args = ""                         # flags for every 02_train.py call, e.g. "--device cuda"
+    blend = "linear"                        # or "rerank": a gradient-boosted reranker over all members' candidates
+
+    [rerank]                                # with blend = "rerank" (defaults: common.rerank.RerankConfig)
+    max_iter = 200
+    learning_rate = 0.05
 
     [[member]]
     name = "ease-seq"                       # letters, digits, '-' and '_'
@@ -20,6 +25,7 @@ Every choice a recipe leaves open (grid settings, epochs, tuned weights) is made
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import shlex
@@ -28,10 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.io import InputError
+from common.rerank import RerankConfig
 
 TUNE = "tune"
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-RECIPE_KEYS = {"k", "candidates", "weight_grid", "tune_rounds", "epoch_scale", "train_args", "member"}
+RECIPE_KEYS = {"k", "candidates", "weight_grid", "tune_rounds", "epoch_scale", "train_args", "member", "blend",
+               "rerank"}
+BLENDS = ("linear", "rerank")
 MEMBER_KEYS = {"name", "args", "seeds", "weight", "grid"}
 DEFAULT_SEED = 42
 # 02_train.py flags that the pipeline sets itself (seeds come from `seeds`, k and devices from the recipe/CLI)
@@ -68,6 +77,8 @@ class Recipe:
     tune_rounds: int = 2
     epoch_scale: float = 1.0
     train_args: list[str] = field(default_factory=list)
+    blend: str = "linear"
+    rerank: RerankConfig = field(default_factory=RerankConfig)
     text: str = ""  # the file as read
 
     def refit_epochs(self, best_epoch: int) -> int:
@@ -166,6 +177,18 @@ def load_recipe(path: Path) -> Recipe:
         recipe.train_args = shlex.split(raw["train_args"])
         taken = _flag_names(recipe.train_args) & CONTROLLED
         _check(not taken, path, "train_args", f"sets {', '.join(sorted(taken))}, which the pipeline sets itself")
+    if "blend" in raw:
+        _check(raw["blend"] in BLENDS, path, "blend", f"must be one of {', '.join(BLENDS)}")
+        recipe.blend = raw["blend"]
+    if "rerank" in raw:
+        table, known = raw["rerank"], {f.name: f.type for f in dataclasses.fields(RerankConfig)}
+        _check(isinstance(table, dict), path, "rerank", "must be a table")
+        for key, value in table.items():
+            _check(key in known, path, f"rerank.{key}", f"unknown key; choose from {', '.join(known)}")
+            want_int = known[key] == "int"
+            ok = (isinstance(value, int) and not isinstance(value, bool)) if want_int else _number(value)
+            _check(ok and value >= 0, path, f"rerank.{key}", f"must be {'an integer' if want_int else 'a number'} >= 0")
+            setattr(recipe.rerank, key, int(value) if want_int else float(value))
     fixed = [m.weight for m in members if m.weight != TUNE]
     _check(any(m.weight == TUNE for m in members) or sum(fixed) > 0, path, "weights", "the fixed weights are all 0")
     return recipe

@@ -5,6 +5,7 @@ A recommender maps a batch of dense user ids to scores [B, V] over every dense i
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -116,13 +117,39 @@ class SASRecRecommender:
     def __init__(self, model: SASRec, ds: Dataset, device: torch.device):
         self.model, self.ds, self.device = model, ds, device
 
+    def last_hidden(self, users: np.ndarray) -> torch.Tensor:
+        seq = pad_rows(self.ds.indptr, self.ds.items, users, self.model.args.max_len, left=True)
+        return self.model(torch.from_numpy(seq).to(self.device))[:, -1]  # [B, H]
+
     @torch.no_grad()
     def score(self, users: np.ndarray) -> torch.Tensor:
         self.model.eval()
-        seq = pad_rows(self.ds.indptr, self.ds.items, users, self.model.args.max_len, left=True)
-        h = self.model(torch.from_numpy(seq).to(self.device))[:, -1]  # [B, H]
+        h = self.last_hidden(users)  # [B, H]
         # float64 product, rounded to float32: the scores no longer depend on the batch size
         return (h.double() @ self.model.output_embeddings().double().T).float()  # [B, V]
+
+
+class RecommenderTask:
+    """The part a trained task shares: its kept weights are scored on the local answers by its recommender
+    class (evaluate) and saved with its model type and arguments (checkpoint). Subclasses set model_type,
+    recommender_cls, cfg (a TrainConfig), ds, args and device."""
+    stage, label = "finetune", ""
+    model_type: str
+    recommender_cls: type
+
+    def evaluate(self, kept: torch.nn.Module) -> dict:
+        return evaluate(self.recommender_cls(kept, self.ds, self.device), self.ds, self.cfg.trainer.k,
+                        self.cfg.trainer.eval_batch_size)
+
+    def checkpoint(self, kept: torch.nn.Module) -> dict:
+        return {"model_type": self.model_type, "model_args": dataclasses.asdict(self.args),
+                "state_dict": kept.state_dict()}
+
+
+def restored(model: torch.nn.Module, ckpt: dict, device: torch.device) -> torch.nn.Module:
+    """`model` with the checkpoint's weights, on `device`."""
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device)
 
 
 def build_recommender(ckpt: dict, ds: Dataset, device: torch.device):

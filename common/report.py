@@ -54,8 +54,17 @@ def markdown(report: dict) -> str:
         lines.append(f"| {m['name']} | {_fmt(m['weight'])} | {_fmt(m['valid'].get(r))} | {_fmt(m['test'].get(r))} "
                      f"| {_fmt(m['test'].get(nd))} |")
     b = report["blend"]
-    lines += [f"| **blend** | | **{_fmt(b['valid'].get(r))}** | **{_fmt(b['test'].get(r))}** | "
-              f"**{_fmt(b['test'].get(nd))}** |", "", "## Members", ""]
+    lines.append(f"| linear blend | | {_fmt(b['valid'].get(r))} | {_fmt(b['test'].get(r))} | {_fmt(b['test'].get(nd))} |")
+    rr = report.get("rerank")
+    if rr:
+        lines += [f"| **reranker** (the submitted order) | | **{_fmt(rr['valid'].get(r))}** (cross-fitted) | "
+                  f"**{_fmt(rr['test'].get(r))}** | **{_fmt(rr['test'].get(nd))}** |", "",
+                  f"The reranker ({len(rr['features'])} features, {rr['valid_pairs']:,} validation candidate pairs) "
+                  f"learned on validation answers to order the test candidates; its validation score is cross-fitted "
+                  f"over two halves of the users. Permutation importance (drop in validation Recall@{k} when the "
+                  "feature is shuffled):", "", "| feature | drop |", "| --- | --- |"]
+        lines += [f"| {row['feature']} | {row[f'recall@{k} drop']:+.4f} |" for row in rr["importance"]]
+    lines += ["", "## Members", ""]
     for m in report["members"]:
         lines += [f"### {m['name']}", "", f"`02_train.py {' '.join(m['args'])}`, seeds {m['seeds']}, weight "
                   f"{m['weight_rule']} → {_fmt(m['weight'])}; chosen settings `{json.dumps(m['chosen'])}`.", ""]

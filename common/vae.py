@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.data import Dataset
-from common.recommend import evaluate
+from common.recommend import RecommenderTask, restored
 from common.trainer import Lazy
 
 LOG_2PI = math.log(2 * math.pi)
@@ -35,8 +35,8 @@ WIDE_LOGVAR = 10.0
 @dataclass
 class VAEArgs:
     n_items: int = field(default=0, metadata={"flag": False})
-    vae_hidden: int = field(default=600, metadata={"help": "multvae/recvae: width of the hidden layers"})
-    latent: int = field(default=200, metadata={"help": "multvae/recvae: size of z"})
+    vae_hidden: int = 600  # width of the hidden layers
+    latent: int = 200  # size of z
     input_dropout: float = field(default=0.5, metadata={"help": "multvae/recvae: dropout on the input row"})
     beta: float = field(default=0.2, metadata={"help": "multvae: largest KL weight"})
     anneal_steps: int = field(default=200000, metadata={"help": "multvae: KL weight = min(beta, step / "
@@ -169,12 +169,13 @@ class VAERecommender:
         return torch.cat([torch.full((len(users), 1), -math.inf, device=s.device), s], dim=1)  # [B, V]
 
 
-class VAETask:
+class VAETask(RecommenderTask):
     """Mult-VAE or RecVAE on every user with a training item, in random batches of users."""
-    stage, label = "finetune", ""
+    recommender_cls = VAERecommender
 
     def __init__(self, cfg, ds: Dataset, kind: str, rng: np.random.Generator, device: torch.device):
         self.cfg, self.ds, self.kind, self.rng, self.device = cfg, ds, kind, rng, device
+        self.model_type = kind
         self.args = dataclasses.replace(cfg.vae, n_items=ds.n_items)
         self.module = MODELS[kind](self.args).to(device)
         self.X = ds.seen_matrix()  # sparse [n_users, n_items + 1]
@@ -200,12 +201,7 @@ class VAETask:
         phase, x = batch
         return self.module.loss(x, phase) if self.kind == "recvae" else self.module.loss(x)
 
-    def evaluate(self, kept: nn.Module) -> dict:
-        return evaluate(VAERecommender(kept, self.ds, self.device), self.ds, self.cfg.trainer.k,
-                        self.cfg.trainer.eval_batch_size)
 
-    def checkpoint(self, kept: nn.Module) -> dict:
-        return {"model_type": self.kind, "model_args": dataclasses.asdict(self.args), "state_dict": kept.state_dict()}
 
 
 def build_task(cfg, ds: Dataset, rng: np.random.Generator, device: torch.device) -> VAETask:
@@ -213,6 +209,4 @@ def build_task(cfg, ds: Dataset, rng: np.random.Generator, device: torch.device)
 
 
 def recommender(ckpt: dict, ds: Dataset, device: torch.device) -> VAERecommender:
-    model = MODELS[ckpt["model_type"]](VAEArgs(**ckpt["model_args"])).to(device)
-    model.load_state_dict(ckpt["state_dict"])
-    return VAERecommender(model, ds, device)
+    return VAERecommender(restored(MODELS[ckpt["model_type"]](VAEArgs(**ckpt["model_args"])), ckpt, device), ds, device)

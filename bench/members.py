@@ -1,0 +1,88 @@
+"""The two-stage members at competition size: seconds per epoch and peak memory of Mult-VAE, RecVAE and the
+cloze model, and the seconds and memory of the reranker stage over real candidate files.
+
+    .venv/bin/python bench/members.py                 # full-scale demo (31,360 users, 6,807 items), 2 threads
+    .venv/bin/python bench/members.py --epochs 3 --threads 2
+
+Each member trains --epochs epochs on the validation split (evaluation on the validation answers included in
+each epoch's seconds). The reranker stage reads the validation candidates (top 100) of EASE (--preset
+ease-seq) and Mult-VAE, builds the features of their union, cross-fits the classifier (validation score and
+permutation importance), learns it on all validation pairs and orders the candidates; its seconds and the
+peak memory of this process are reported (targets: < 5 min, < 4 GB). JSON lines go to bench/results/members.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from measure import PY, ROOT, ensure_full_demo, measure, report  # noqa: E402
+
+from common import rerank  # noqa: E402
+from common.data import Dataset  # noqa: E402
+
+MEMBERS = {
+    "multvae": ["--model", "multvae", "--batch-size", "64", "--anneal-steps", "2000"],
+    "recvae": ["--model", "recvae", "--batch-size", "64", "--lr", "1e-3", "--gamma", "0.01"],
+    "cloze": ["--model", "cloze", "--history", "windows", "--max-len", "200", "--batch-size", "128", "--dropout-attn",
+              "0.2", "--dropout-hidden", "0.2", "--pre-ln", "--final-ln"],
+}
+
+
+def train(data: str, name: str, args: list[str], threads: int) -> dict:
+    m = measure([PY, "02_train.py", "--data", data, "--run-name", name, "--no-progress", "--threads", str(threads),
+                 *args])
+    epochs = [json.loads(line) for line in (ROOT / data / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+    return {"epochs": len(epochs), "epoch_seconds": [e["seconds"] for e in epochs],
+            "recall@10": [round(e.get("recall@10", float("nan")), 5) for e in epochs],
+            "seconds": m["seconds"], "peak_mb": m["peak_mb"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--members", nargs="*", default=list(MEMBERS))
+    args = ap.parse_args()
+    raw = ROOT / "data" / "raw" / "demo-full"
+    ensure_full_demo(raw)
+    data = "data/bench-members"
+    measure([PY, "01_preprocess.py", "--input", str(raw), "--out", data, "--name", "bench-members", "--validation"])
+    for name in args.members:
+        row = train(data, f"bench-{name}", [*MEMBERS[name], "--epochs", str(args.epochs)], args.threads)
+        report("members", {"member": name, "threads": args.threads, **row})
+        print(json.dumps({"member": name, **row}))
+
+    files = {}
+    for name, flags in (("ease-seq", ["--preset", "ease-seq"]), ("multvae", MEMBERS["multvae"] + ["--epochs", "2"])):
+        run = f"bench-cand-{name}"
+        measure([PY, "02_train.py", "--data", data, "--run-name", run, "--no-progress", "--threads", str(args.threads),
+                 *flags])
+        measure([PY, "03_inference.py", f"{data}/runs/{run}/checkpoint.pt", "--split", "valid", "--out-dir",
+                 f"{data}/runs/{run}", "--threads", str(args.threads)])
+        files[name] = [ROOT / data / "runs" / run / f"{run}.valid.top100.csv"]
+    ds = Dataset(ROOT / data, "valid")
+    cfg = rerank.RerankConfig()
+    t0 = time.time()
+    c = rerank.build_candidates(files, ds, 100, cfg)
+    t1 = time.time()
+    metrics, importance = rerank.cross_fit(c, ds, cfg, 10)
+    t2 = time.time()
+    model = rerank.fit(c, rerank.labels(c, ds), cfg, rerank.answered_rows(c, ds))
+    users, top = rerank.rerank(model, c, ds, 10)
+    t3 = time.time()
+    row = {"pairs": len(c.users), "features": len(c.names), "build_seconds": round(t1 - t0, 1),
+           "cross_fit_seconds": round(t2 - t1, 1), "fit_and_order_seconds": round(t3 - t2, 1),
+           "seconds": round(t3 - t0, 1), "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+           "valid_recall@10": round(metrics["recall@10"], 5), "importance": importance[:5]}
+    report("members", {"member": "rerank", "threads": args.threads, **row})
+    print(json.dumps({"member": "rerank", **row}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The second stage: a gradient-boosted reranker over the union of the members' candidates.
+
+Candidates are the union of every member's top-N (its candidate files, user,item,score,rank). Each
+(user, item) pair gets features (all vectorised, no per-user loop):
+  <member>_z        the member's score, z-scored within the user and averaged over its seeds; a pair the
+                    member does not list gets the user's lowest listed value (the sentinel)
+  <member>_rank     its best rank over the seeds (1 = first); N + 1 where no seed lists it
+  <member>_listed   the share of its seeds that list the pair
+  item_pop          log(1 + training interactions of the item)
+  item_pop_recent   log(1 + its interactions in the latest `recent_share` of the training time span)
+  item_age          time since the item's first interaction, as a share of the training time span
+  user_len          log(1 + the user's training items)
+  near_step         steps back (0 = latest) to the history item that co-occurs most with the candidate
+                    (cosine of their user sets, among the latest `near_window` items)
+  near_cos, recent_cos   that cosine, and the mean cosine with the user's latest 5 items
+Labels are the answers of the data the candidates were made on: validation answers for the model that
+scores the test candidates, test answers for the model that scores the final candidates. A classifier
+(scikit-learn's HistGradientBoostingClassifier) orders each user's candidates; its validation score is
+cross-fitted over two halves of the users.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from common.blend import blend_top_k, contribution_matrix, load_inputs
+from common.data import Dataset, pad_rows, row_owners
+from common.metrics import all_metrics
+
+RECENT_ITEMS = 5  # history items averaged in recent_cos
+
+
+@dataclass
+class RerankConfig:
+    max_iter: int = 200
+    learning_rate: float = 0.05
+    max_leaf_nodes: int = 31
+    min_samples_leaf: int = 40
+    l2_regularization: float = 1.0
+    recent_share: float = 0.1
+    near_window: int = 50
+    seed: int = 0
+
+
+@dataclass
+class Candidates:
+    users: np.ndarray  # [P] dense user of each pair, sorted by user
+    items: np.ndarray  # [P] dense item
+    X: np.ndarray  # [P, F] float32 features
+    names: list[str]  # [F]
+
+
+def member_features(groups: dict[str, list[Path]], ds: Dataset, n: int):
+    """Union of the candidate pairs of every member (its seed runs' files) and their member features.
+
+    Returns (users [P], items [P], features [P, 3M], names)."""
+    paths = [p for ps in groups.values() for p in ps]
+    frames = load_inputs(paths, ds, "score")
+    pu, pi, C = contribution_matrix(frames, "score", "zscore")  # C [R, P]: z-score, floor where unlisted
+    key = pu * (ds.n_items + 1) + pi  # sorted
+    rank = np.full((len(frames), len(pu)), n + 1.0)
+    for r, f in enumerate(frames):
+        rank[r, np.searchsorted(key, f["user"].to_numpy() * (ds.n_items + 1) + f["item"].to_numpy())] = f["rank"]
+    cols, names, start = [], [], 0
+    for name, ps in groups.items():
+        rows = slice(start, start + len(ps))
+        start += len(ps)
+        cols += [C[rows].mean(0), rank[rows].min(0), (rank[rows] <= n).mean(0)]
+        names += [f"{name}_z", f"{name}_rank", f"{name}_listed"]
+    return pu, pi, np.stack(cols, axis=1), names
+
+
+def item_features(ds: Dataset, recent_share: float) -> tuple[np.ndarray, list[str]]:
+    """[n_items + 1, 3]: popularity, recent popularity, age (row 0, padding, is 0)."""
+    V = ds.n_items + 1
+    t0, t1 = (float(ds.times.min()), float(ds.times.max())) if len(ds.times) else (0.0, 0.0)
+    span = max(t1 - t0, 1e-9)
+    recent = ds.times >= t1 - recent_share * span
+    first = np.full(V, np.inf)
+    np.minimum.at(first, ds.items, ds.times)
+    age = np.where(np.isfinite(first), (t1 - first) / span, 0.0)
+    table = np.stack([np.log1p(np.bincount(ds.items, minlength=V)),
+                      np.log1p(np.bincount(ds.items[recent], minlength=V)), age], axis=1)
+    return table, ["item_pop", "item_pop_recent", "item_age"]
+
+
+def cooccurrence_cosine(ds: Dataset):
+    """Dense [n_items + 1, n_items + 1] float32 cosine of the items' user sets (row and column 0 are 0)."""
+    X = ds.seen_matrix()  # [U, V] 0/1
+    G = (X.T @ X).toarray().astype(np.float32)
+    norm = np.sqrt(np.maximum(G.diagonal(), 1.0)).astype(np.float32)
+    G /= norm[:, None]
+    G /= norm[None, :]
+    G[0] = 0.0
+    G[:, 0] = 0.0
+    return G
+
+
+def history_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, window: int, chunk: int = 200_000):
+    """[P, 4]: user_len, near_step, near_cos, recent_cos of each pair."""
+    cos = cooccurrence_cosine(ds)
+    lengths = np.diff(ds.indptr)
+    out = np.zeros((len(pu), 4), dtype=np.float32)
+    out[:, 0] = np.log1p(lengths[pu])
+    for s in range(0, len(pu), chunk):
+        u, i = pu[s:s + chunk], pi[s:s + chunk]
+        hist = pad_rows(ds.indptr, ds.items, u, window, left=True)[:, ::-1]  # [c, W], column 0 = latest
+        c = cos[i[:, None], hist]  # [c, W], 0 on padding
+        best = c.argmax(1)
+        out[s:s + chunk, 1] = np.where(c.max(1) > 0, best, window)
+        out[s:s + chunk, 2] = c.max(1)
+        out[s:s + chunk, 3] = c[:, :RECENT_ITEMS].mean(1)
+    return out, ["user_len", "near_step", "near_cos", "recent_cos"]
+
+
+def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: RerankConfig) -> Candidates:
+    pu, pi, M, names = member_features(groups, ds, n)
+    items, item_names = item_features(ds, cfg.recent_share)
+    H, hist_names = history_features(ds, pu, pi, cfg.near_window)
+    X = np.concatenate([M, items[pi], H], axis=1).astype(np.float32)
+    return Candidates(pu, pi, X, names + item_names + hist_names)
+
+
+def labels(c: Candidates, ds: Dataset) -> np.ndarray:
+    """1 where the pair is one of the user's answers in `ds`."""
+    answer = np.unique(row_owners(ds.ans_indptr) * (ds.n_items + 1) + ds.ans_items)
+    return np.isin(c.users * (ds.n_items + 1) + c.items, answer).astype(np.int8)
+
+
+def fit(c: Candidates, y: np.ndarray, cfg: RerankConfig, rows: np.ndarray | None = None):
+    """A classifier of the answers among the candidate pairs (`rows`: a subset to learn from)."""
+    rows = np.arange(len(y)) if rows is None else rows
+    model = HistGradientBoostingClassifier(max_iter=cfg.max_iter, learning_rate=cfg.learning_rate,
+                                           max_leaf_nodes=cfg.max_leaf_nodes, min_samples_leaf=cfg.min_samples_leaf,
+                                           l2_regularization=cfg.l2_regularization, early_stopping=False,
+                                           random_state=cfg.seed)
+    return model.fit(c.X[rows], y[rows])
+
+
+def answered_rows(c: Candidates, ds: Dataset) -> np.ndarray:
+    """The pairs of users who have answers in `ds` (only they teach the classifier anything)."""
+    return np.flatnonzero(np.isin(c.users, ds.eval_users()))
+
+
+def rerank(model, c: Candidates, ds: Dataset, k: int, users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(users [U], top-k items [U, k]) ordered by the classifier; short lists filled with popular items."""
+    users = np.unique(c.users) if users is None else users
+    value = model.predict_proba(c.X)[:, 1]
+    return users, blend_top_k(c.users, c.items, value, ds, k, users)
+
+
+def score(top: np.ndarray, users: np.ndarray, ds: Dataset, k: int) -> dict:
+    ev = ds.eval_users()
+    return all_metrics(top[np.searchsorted(users, ev)], ds.answers_padded(ev), k)
+
+
+def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int) -> tuple[dict, list[dict]]:
+    """Validation score of the reranker with the users split in two halves (each half scored by a model
+    that learned on the other), and each feature's permutation importance: the drop in recall@k when
+    its column is shuffled across pairs."""
+    y = labels(c, ds)
+    users = ds.eval_users()
+    half = np.random.default_rng(cfg.seed).permutation(len(users)) % 2
+    value = np.zeros(len(y))
+    models = []
+    for h in (0, 1):
+        learn = np.flatnonzero(np.isin(c.users, users[half != h]))
+        score_rows = np.flatnonzero(np.isin(c.users, users[half == h]))
+        models.append((fit(c, y, cfg, learn), score_rows))
+    X = c.X
+
+    def recall(X: np.ndarray) -> float:
+        for m, rows in models:
+            value[rows] = m.predict_proba(X[rows])[:, 1]
+        keep = np.isin(c.users, users)
+        top = blend_top_k(c.users[keep], c.items[keep], value[keep], ds, k, users)
+        return all_metrics(top, ds.answers_padded(users), k)
+
+    metrics = recall(X)
+    rng = np.random.default_rng(cfg.seed + 1)
+    importance = []
+    for f, name in enumerate(c.names):
+        shuffled = X.copy()
+        shuffled[:, f] = X[rng.permutation(len(X)), f]
+        importance.append({"feature": name, f"recall@{k} drop": metrics[f"recall@{k}"] - recall(shuffled)[f"recall@{k}"]})
+    return metrics, sorted(importance, key=lambda r: -r[f"recall@{k} drop"])

@@ -1,0 +1,154 @@
+"""The reranker: its features against a slow per-pair reference, its labels, and that the order it
+gives the test candidates never depends on the test answers."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common import rerank
+from common.data import Dataset, build_dataset
+from common.readers import RawData
+from common.recipe import Member, Recipe
+from common.pipeline import rerank_stage
+from common.submission import write_ranked
+
+N = 6  # candidates per user per run
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    users, items, times = [], [], []
+    for u in range(30):
+        n = int(rng.integers(14, 25))
+        users += [u] * n
+        items += rng.choice(np.arange(1, 41), size=n, replace=False).tolist()
+        times += sorted(rng.uniform(0, 1000, size=n).tolist())
+    raw = RawData(users=np.asarray(users, np.int64), items=np.asarray(items, np.int64),
+                  times=np.asarray(times), source="toy")
+    out = tmp_path_factory.mktemp("rr") / "d"
+    build_dataset(raw, out, 3, 2, seed=1, validation=True, name="toy")
+    return out
+
+
+def candidate_file(path: Path, ds: Dataset, seed: int) -> Path:
+    """N random unseen items per user with decreasing scores."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(ds.n_users):
+        unseen = np.setdiff1d(np.arange(1, ds.n_items + 1), ds.sequence(u))
+        rows.append(rng.choice(unseen, size=N, replace=False))
+    ids = np.stack(rows)
+    scores = np.sort(rng.normal(size=ids.shape), axis=1)[:, ::-1]
+    write_ranked(path, ds.user_raw, ds.item_raw[ids], scores)
+    return path
+
+
+def groups_for(ds: Dataset, folder: Path, tag: str) -> dict[str, list[Path]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"a": [candidate_file(folder / f"{tag}-a0.csv", ds, 1), candidate_file(folder / f"{tag}-a1.csv", ds, 2)],
+            "b": [candidate_file(folder / f"{tag}-b0.csv", ds, 3)]}
+
+
+def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig) -> dict:
+    """{(user, item): {feature: value}} computed pair by pair, straight from the definitions."""
+    import pandas as pd
+    files = {name: [pd.read_csv(p) for p in ps] for name, ps in groups.items()}
+    dense_item = {int(r): i for i, r in enumerate(ds.item_raw)}
+    dense_user = {int(r): u for u, r in enumerate(ds.user_raw)}
+    lists = {}  # (name, seed index) -> {user: [(item, score, rank)]}
+    for name, frames in files.items():
+        for s, f in enumerate(frames):
+            per = lists.setdefault((name, s), {})
+            for u, g in f.groupby("user", sort=False):
+                per[dense_user[int(u)]] = [(dense_item[int(i)], float(sc), r + 1)
+                                           for r, (i, sc) in enumerate(zip(g["item"], g["score"]))]
+    seqs = [ds.sequence(u).tolist() for u in range(ds.n_users)]
+    counts = np.bincount(ds.items, minlength=ds.n_items + 1)
+    t0, t1 = ds.times.min(), ds.times.max()
+    recent_cut = t1 - cfg.recent_share * (t1 - t0)
+    users_of = [set(np.flatnonzero([i in s for s in seqs]).tolist()) for i in range(ds.n_items + 1)]
+
+    def cos(a, b):
+        if a == 0 or b == 0:
+            return 0.0
+        return len(users_of[a] & users_of[b]) / math.sqrt(max(len(users_of[a]), 1) * max(len(users_of[b]), 1))
+
+    out = {}
+    for u in range(ds.n_users):
+        pairs = sorted({i for (name, s), per in lists.items() for i, _, _ in per[u]})
+        for i in pairs:
+            f = {}
+            for name, frames in files.items():
+                zs, ranks, listed = [], [], 0
+                for s in range(len(frames)):
+                    row = lists[(name, s)][u]
+                    sc = np.array([x[1] for x in row])
+                    z = (sc - sc.mean()) / sc.std()
+                    hit = [j for j, x in enumerate(row) if x[0] == i]
+                    zs.append(z[hit[0]] if hit else z.min())
+                    ranks.append(row[hit[0]][2] if hit else N + 1)
+                    listed += bool(hit)
+                f[f"{name}_z"], f[f"{name}_rank"], f[f"{name}_listed"] = np.mean(zs), min(ranks), listed / len(frames)
+            its = [j for j in range(len(ds.items)) if ds.items[j] == i]
+            f["item_pop"] = math.log1p(counts[i])
+            f["item_pop_recent"] = math.log1p(sum(ds.times[j] >= recent_cut for j in its))
+            f["item_age"] = (t1 - min(ds.times[j] for j in its)) / (t1 - t0) if its else 0.0
+            f["user_len"] = math.log1p(len(seqs[u]))
+            back = seqs[u][::-1][:cfg.near_window]
+            c = [cos(i, h) for h in back]
+            f["near_step"] = int(np.argmax(c)) if c and max(c) > 0 else cfg.near_window
+            f["near_cos"] = max(c + [0.0])
+            f["recent_cos"] = sum(c[:rerank.RECENT_ITEMS]) / rerank.RECENT_ITEMS
+            out[(u, i)] = f
+    return out
+
+
+def test_features_match_a_slow_reference(split, tmp_path):
+    ds = Dataset(split, "valid")
+    cfg = rerank.RerankConfig(near_window=7)
+    groups = groups_for(ds, tmp_path, "v")
+    c = rerank.build_candidates(groups, ds, N, cfg)
+    want = slow_features(ds, groups, cfg)
+    assert len(c.users) == len(want) and np.all(np.diff(c.users) >= 0)
+    for p, (u, i) in enumerate(zip(c.users.tolist(), c.items.tolist())):
+        for f, name in enumerate(c.names):
+            assert c.X[p, f] == pytest.approx(want[(u, i)][name], rel=1e-4, abs=1e-5), (u, i, name)
+
+
+def test_labels_are_the_answers_of_the_dataset_given(split, tmp_path):
+    ds = Dataset(split, "valid")
+    c = rerank.build_candidates(groups_for(ds, tmp_path, "v"), ds, N, rerank.RerankConfig())
+    y = rerank.labels(c, ds)
+    answers = {(u, int(i)) for u in range(ds.n_users) for i in ds.ans_items[ds.ans_indptr[u]:ds.ans_indptr[u + 1]]}
+    assert y.tolist() == [int((u, i) in answers) for u, i in zip(c.users.tolist(), c.items.tolist())]
+
+
+def test_the_reranker_never_reads_test_answers(split, tmp_path):
+    """The order given to the test candidates is learned from the validation answers alone: other test
+    answers change the test score, never the order."""
+    valid, test = Dataset(split, "valid"), Dataset(split, "test")
+    recipe = Recipe(path="r", members=[Member("a", []), Member("b", [])], k=3, candidates=N,
+                    rerank=rerank.RerankConfig(max_iter=20, min_samples_leaf=5))
+    learn = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(valid, tmp_path, "v").items()}
+    apply = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(test, tmp_path, "t").items()}
+    users, top, metrics, _ = rerank_stage(recipe, (learn, valid), (apply, test))
+    other = Dataset(split, "test")
+    other.ans_items = np.random.default_rng(5).integers(1, other.n_items + 1, size=len(other.ans_items))
+    users2, top2, metrics2, _ = rerank_stage(recipe, (learn, valid), (apply, other))
+    assert np.array_equal(users, users2) and np.array_equal(top, top2)
+    assert metrics != metrics2, "the test answers did change: the test must be able to fail"
+    seen = [set(test.sequence(u).tolist()) for u in users]
+    assert all(not (set(row.tolist()) & s) for row, s in zip(top, seen))
+
+
+def test_cross_fit_scores_each_half_with_the_other_halfs_model(split, tmp_path):
+    ds = Dataset(split, "valid")
+    cfg = rerank.RerankConfig(max_iter=20, min_samples_leaf=5)
+    c = rerank.build_candidates(groups_for(ds, tmp_path, "v"), ds, N, cfg)
+    metrics, importance = rerank.cross_fit(c, ds, cfg, 3)
+    assert 0 <= metrics["recall@3"] <= 1
+    assert sorted(r["feature"] for r in importance) == sorted(c.names)
