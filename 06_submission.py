@@ -99,7 +99,7 @@ def main():
     if reranked:
         t_rr = time.time()
         valid_c = build_candidates(candidate_groups(recipe.members, tune_runs), valid_ds, recipe.candidates,
-                                   recipe.rerank)
+                                   recipe.rerank, weights)
         rr["valid"], rr["importance"] = rerank.cross_fit(valid_c, valid_ds, recipe.rerank, k)
         rr["valid_seconds"] = round(time.time() - t_rr, 1)
         rr["features"], rr["valid_pairs"] = valid_c.names, len(valid_c.users)
@@ -117,7 +117,8 @@ def main():
         print(f"  test recall@{k} of {m.name} alone: {test_members[m.name][f'recall@{k}']:.4f}")
     print(f"  honest test score of the blend: {json.dumps({a: round(v, 5) for a, v in test_blend.items()})}")
     if reranked:
-        _, _, rr["test"], rr["test_seconds"] = rerank_stage(recipe, (tune_runs, valid_ds), (test_runs, test_ds))
+        _, _, rr["test"], rr["test_seconds"] = rerank_stage(recipe, (tune_runs, valid_ds), (test_runs, test_ds),
+                                                            weights)
         print(f"  honest test score of the reranker: {json.dumps({a: round(v, 5) for a, v in rr['test'].items()})}")
     final_score = rr["test"] if reranked else test_blend
 
@@ -131,7 +132,8 @@ def main():
                                           refit_flags(recipe, tuned[m.name], r), "test") for r in tune_runs[m.name]]
                       for m in kept}
         if reranked:  # learned on the test candidates and answers, as the test one was on validation
-            users, top, _, rr["final_seconds"] = rerank_stage(recipe, (test_runs, test_ds), (final_runs, full_ds))
+            users, top, _, rr["final_seconds"] = rerank_stage(recipe, (test_runs, test_ds), (final_runs, full_ds),
+                                                              weights)
         else:
             users, top, _ = blend_runs(recipe, final_runs, weights, full_ds, kept)
         final_file = out_dir / f"{name}-final.csv"

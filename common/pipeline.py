@@ -233,14 +233,16 @@ def candidate_groups(members: list[Member], runs: dict[str, list[dict]]) -> dict
     return {m.name: [Path(r["candidates"]) for r in runs[m.name]] for m in members}
 
 
-def rerank_stage(recipe: Recipe, learn: tuple[dict, Dataset], apply: tuple[dict, Dataset]):
+def rerank_stage(recipe: Recipe, learn: tuple[dict, Dataset], apply: tuple[dict, Dataset], weights: dict):
     """Learn the reranker on the candidates of `learn` (runs, dataset) against its answers, then order the
-    candidates of `apply`. Returns (users [U], top-k [U, k], metrics on `apply`'s answers or {}, seconds)."""
+    candidates of `apply`; `weights` are the linear blend's (a feature). Returns (users [U], top-k [U, k],
+    metrics on `apply`'s answers or {}, seconds)."""
     t0 = time.time()
-    c = build_candidates(candidate_groups(recipe.members, learn[0]), learn[1], recipe.candidates, recipe.rerank)
+    c = build_candidates(candidate_groups(recipe.members, learn[0]), learn[1], recipe.candidates, recipe.rerank,
+                         weights)
     model = rerank.fit(c, rerank.labels(c, learn[1]), recipe.rerank, rerank.answered_rows(c, learn[1]))
     runs, ds = apply
-    target = build_candidates(candidate_groups(recipe.members, runs), ds, recipe.candidates, recipe.rerank)
+    target = build_candidates(candidate_groups(recipe.members, runs), ds, recipe.candidates, recipe.rerank, weights)
     users, top = rerank.rerank(model, target, ds, recipe.k)
     metrics = rerank.score(top, users, ds, recipe.k) if ds.has_holdout else {}
     return users, top, metrics, round(time.time() - t0, 1)

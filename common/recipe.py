@@ -11,8 +11,8 @@ A recipe is a TOML file (read with the standard library's tomllib):
     blend = "linear"                        # or "rerank": a gradient-boosted reranker over all members' candidates
 
     [rerank]                                # with blend = "rerank" (defaults: common.rerank.RerankConfig)
-    max_iter = 200
-    learning_rate = 0.05
+    max_iter = 300
+    learning_rate = 0.02
 
     [[member]]
     name = "ease-seq"                       # letters, digits, '-' and '_'

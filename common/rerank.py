@@ -6,6 +6,7 @@ Candidates are the union of every member's top-N (its candidate files, user,item
                     member does not list gets the user's lowest listed value (the sentinel)
   <member>_rank     its best rank over the seeds (1 = first); N + 1 where no seed lists it
   <member>_listed   the share of its seeds that list the pair
+  blend             the linear blend's value at the weights tuned on validation (z-scores, as 04_ensemble)
   item_pop          log(1 + training interactions of the item)
   item_pop_recent   log(1 + its interactions in the latest `recent_share` of the training time span)
   item_age          time since the item's first interaction, as a share of the training time span
@@ -35,10 +36,12 @@ RECENT_ITEMS = 5  # history items averaged in recent_cos
 
 @dataclass
 class RerankConfig:
-    max_iter: int = 200
-    learning_rate: float = 0.05
-    max_leaf_nodes: int = 31
-    min_samples_leaf: int = 40
+    # chosen on the cross-fitted validation score of ml-latest-small splits 3 and 4 (docs/results.md): with a
+    # few hundred answered users, small trees and strong smoothing beat the usual 31 leaves
+    max_iter: int = 300
+    learning_rate: float = 0.02
+    max_leaf_nodes: int = 7
+    min_samples_leaf: int = 200
     l2_regularization: float = 1.0
     recent_share: float = 0.1
     near_window: int = 50
@@ -53,10 +56,11 @@ class Candidates:
     names: list[str]  # [F]
 
 
-def member_features(groups: dict[str, list[Path]], ds: Dataset, n: int):
-    """Union of the candidate pairs of every member (its seed runs' files) and their member features.
+def member_features(groups: dict[str, list[Path]], ds: Dataset, n: int, weights: dict[str, float] | None = None):
+    """Union of the candidate pairs of every member (its seed runs' files) and their member features; with
+    `weights` (member -> weight, shared by its seeds) also the linear blend's value at those weights.
 
-    Returns (users [P], items [P], features [P, 3M], names)."""
+    Returns (users [P], items [P], features [P, 3M (+1)], names)."""
     paths = [p for ps in groups.values() for p in ps]
     frames = load_inputs(paths, ds, "score")
     pu, pi, C = contribution_matrix(frames, "score", "zscore")  # C [R, P]: z-score, floor where unlisted
@@ -70,6 +74,9 @@ def member_features(groups: dict[str, list[Path]], ds: Dataset, n: int):
         start += len(ps)
         cols += [C[rows].mean(0), rank[rows].min(0), (rank[rows] <= n).mean(0)]
         names += [f"{name}_z", f"{name}_rank", f"{name}_listed"]
+    if weights is not None:
+        cols.append(np.array([weights[name] / len(ps) for name, ps in groups.items() for _ in ps]) @ C)
+        names.append("blend")
     return pu, pi, np.stack(cols, axis=1), names
 
 
@@ -116,8 +123,9 @@ def history_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, window: int, c
     return out, ["user_len", "near_step", "near_cos", "recent_cos"]
 
 
-def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: RerankConfig) -> Candidates:
-    pu, pi, M, names = member_features(groups, ds, n)
+def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: RerankConfig,
+                     weights: dict[str, float] | None = None) -> Candidates:
+    pu, pi, M, names = member_features(groups, ds, n, weights)
     items, item_names = item_features(ds, cfg.recent_share)
     H, hist_names = history_features(ds, pu, pi, cfg.near_window)
     X = np.concatenate([M, items[pi], H], axis=1).astype(np.float32)

@@ -53,7 +53,7 @@ def groups_for(ds: Dataset, folder: Path, tag: str) -> dict[str, list[Path]]:
             "b": [candidate_file(folder / f"{tag}-b0.csv", ds, 3)]}
 
 
-def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig) -> dict:
+def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig, weights: dict) -> dict:
     """{(user, item): {feature: value}} computed pair by pair, straight from the definitions."""
     import pandas as pd
     files = {name: [pd.read_csv(p) for p in ps] for name, ps in groups.items()}
@@ -81,7 +81,7 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig) -> dict:
     for u in range(ds.n_users):
         pairs = sorted({i for (name, s), per in lists.items() for i, _, _ in per[u]})
         for i in pairs:
-            f = {}
+            f = {"blend": 0.0}
             for name, frames in files.items():
                 zs, ranks, listed = [], [], 0
                 for s in range(len(frames)):
@@ -93,6 +93,7 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig) -> dict:
                     ranks.append(row[hit[0]][2] if hit else N + 1)
                     listed += bool(hit)
                 f[f"{name}_z"], f[f"{name}_rank"], f[f"{name}_listed"] = np.mean(zs), min(ranks), listed / len(frames)
+                f["blend"] += weights[name] / len(frames) * sum(zs)
             its = [j for j in range(len(ds.items)) if ds.items[j] == i]
             f["item_pop"] = math.log1p(counts[i])
             f["item_pop_recent"] = math.log1p(sum(ds.times[j] >= recent_cut for j in its))
@@ -110,9 +111,10 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig) -> dict:
 def test_features_match_a_slow_reference(split, tmp_path):
     ds = Dataset(split, "valid")
     cfg = rerank.RerankConfig(near_window=7)
-    groups = groups_for(ds, tmp_path, "v")
-    c = rerank.build_candidates(groups, ds, N, cfg)
-    want = slow_features(ds, groups, cfg)
+    groups, weights = groups_for(ds, tmp_path, "v"), {"a": 2.0, "b": 0.5}
+    c = rerank.build_candidates(groups, ds, N, cfg, weights)
+    want = slow_features(ds, groups, cfg, weights)
+    assert "blend" in c.names
     assert len(c.users) == len(want) and np.all(np.diff(c.users) >= 0)
     for p, (u, i) in enumerate(zip(c.users.tolist(), c.items.tolist())):
         for f, name in enumerate(c.names):
@@ -135,10 +137,10 @@ def test_the_reranker_never_reads_test_answers(split, tmp_path):
                     rerank=rerank.RerankConfig(max_iter=20, min_samples_leaf=5))
     learn = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(valid, tmp_path, "v").items()}
     apply = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(test, tmp_path, "t").items()}
-    users, top, metrics, _ = rerank_stage(recipe, (learn, valid), (apply, test))
+    users, top, metrics, _ = rerank_stage(recipe, (learn, valid), (apply, test), {"a": 1.0, "b": 0.5})
     other = Dataset(split, "test")
     other.ans_items = np.random.default_rng(5).integers(1, other.n_items + 1, size=len(other.ans_items))
-    users2, top2, metrics2, _ = rerank_stage(recipe, (learn, valid), (apply, other))
+    users2, top2, metrics2, _ = rerank_stage(recipe, (learn, valid), (apply, other), {"a": 1.0, "b": 0.5})
     assert np.array_equal(users, users2) and np.array_equal(top, top2)
     assert metrics != metrics2, "the test answers did change: the test must be able to fail"
     seen = [set(test.sequence(u).tolist()) for u in users]
