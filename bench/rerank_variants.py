@@ -1,0 +1,83 @@
+"""Reranker settings compared on the candidates of finished `bench/submission.py --recipe recipes/rerank.toml` runs.
+
+    .venv/bin/python bench/submission.py --dataset ml --seeds 3 4 --recipe recipes/rerank.toml --threads 1
+    .venv/bin/python bench/rerank_variants.py --seeds 3 4
+
+For each split it reads the report, builds the validation and test candidates of every member, and for each
+variant prints the cross-fitted validation Recall@10 (two halves of the validation users, each scored by a
+model learned on the other: the number to choose by) and the test Recall@10 of the model learned on all
+validation pairs (reported, never chosen on). JSON lines go to bench/results/rerank_variants.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from measure import ROOT, report  # noqa: E402
+
+from common import rerank  # noqa: E402
+from common.blend import blend_top_k  # noqa: E402
+from common.data import Dataset  # noqa: E402
+from common.metrics import all_metrics  # noqa: E402
+
+BASE = rerank.RerankConfig(max_iter=200, learning_rate=0.05, max_leaf_nodes=31, min_samples_leaf=40)
+SMALL = rerank.RerankConfig(max_iter=300, learning_rate=0.02, max_leaf_nodes=7, min_samples_leaf=200)
+VARIANTS = {  # name: (settings, with the linear blend's value as a feature)
+    "base": (BASE, False),
+    "base+blend": (BASE, True),
+    "medium+blend": (replace(BASE, max_iter=100, max_leaf_nodes=15, min_samples_leaf=100), True),
+    "small+blend": (SMALL, True),
+    "small": (SMALL, False),
+}
+
+
+def groups(rep: dict, phase: str, root: Path) -> dict[str, list[Path]]:
+    suffix = ".valid" if phase == "tune" else ""
+    return {m["name"]: [root / "runs" / s["runs"][phase] / f"{s['runs'][phase]}{suffix}.top100.csv"
+                        for s in m["seeds_detail"]] for m in rep["members"]}
+
+
+def cross_fitted(c: rerank.Candidates, ds: Dataset, cfg: rerank.RerankConfig, k: int = 10) -> float:
+    y, users = rerank.labels(c, ds), ds.eval_users()
+    half = np.random.default_rng(cfg.seed).permutation(len(users)) % 2
+    value = np.zeros(len(y))
+    for h in (0, 1):
+        model = rerank.fit(c, y, cfg, np.flatnonzero(np.isin(c.users, users[half != h])))
+        rows = np.flatnonzero(np.isin(c.users, users[half == h]))
+        value[rows] = model.predict_proba(c.X[rows])[:, 1]
+    keep = np.isin(c.users, users)
+    top = blend_top_k(c.users[keep], c.items[keep], value[keep], ds, k, users)
+    return all_metrics(top, ds.answers_padded(users), k)[f"recall@{k}"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4])
+    args = ap.parse_args()
+    for seed in args.seeds:
+        rep = json.loads((ROOT / f"data/bench-submissions/rerank/bench-ml-h{seed}-report/report.json").read_text())
+        root = ROOT / f"data/bench-ml-h{seed}-split"
+        valid, test = Dataset(root, "valid"), Dataset(root, "test")
+        weights = rep["blend"]["weights"]
+        for name, (cfg, blend) in VARIANTS.items():
+            w = weights if blend else None
+            cv = rerank.build_candidates(groups(rep, "tune", root), valid, 100, cfg, w)
+            ct = rerank.build_candidates(groups(rep, "test", root), test, 100, cfg, w)
+            model = rerank.fit(cv, rerank.labels(cv, valid), cfg, rerank.answered_rows(cv, valid))
+            users, top = rerank.rerank(model, ct, test, 10)
+            report("rerank_variants", {"split": seed, "variant": name,
+                                       "valid_cross_fitted": round(cross_fitted(cv, valid, cfg), 4),
+                                       "test": round(rerank.score(top, users, test, 10)["recall@10"], 4),
+                                       "linear_valid": rep["blend"]["valid"]["recall@10"],
+                                       "linear_test": rep["blend"]["test"]["recall@10"]})
+
+
+if __name__ == "__main__":
+    main()
