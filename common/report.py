@@ -54,8 +54,13 @@ def markdown(report: dict) -> str:
         lines.append(f"| {m['name']} | {_fmt(m['weight'])} | {_fmt(m['valid'].get(r))} | {_fmt(m['test'].get(r))} "
                      f"| {_fmt(m['test'].get(nd))} |")
     b = report["blend"]
-    lines.append(f"| linear blend | | {_fmt(b['valid'].get(r))} | {_fmt(b['test'].get(r))} | {_fmt(b['test'].get(nd))} |")
     rr = report.get("rerank")
+    if rr:  # the linear blend beside the reranker, which orders the submission
+        lines.append(f"| linear blend | | {_fmt(b['valid'].get(r))} | {_fmt(b['test'].get(r))} | "
+                     f"{_fmt(b['test'].get(nd))} |")
+    else:
+        lines.append(f"| **blend** | | **{_fmt(b['valid'].get(r))}** | **{_fmt(b['test'].get(r))}** | "
+                     f"**{_fmt(b['test'].get(nd))}** |")
     if rr:
         lines += [f"| **reranker** (the submitted order) | | **{_fmt(rr['valid'].get(r))}** (cross-fitted) | "
                   f"**{_fmt(rr['test'].get(r))}** | **{_fmt(rr['test'].get(nd))}** |", "",

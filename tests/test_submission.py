@@ -222,3 +222,25 @@ def test_tune_weights_keeps_the_member_that_finds_the_answers(tmp_path):
     fixed = Recipe(path="r", members=[Member("a", [], weight=0.5), Member("b", [])], k=4, weight_grid=[0.0, 1.0])
     weights, _, _ = tune_weights(fixed, runs, ds)
     assert weights == {"a": 0.5, "b": 0.0}
+
+
+def test_the_reranker_orders_the_final_file(first):
+    """blend = "rerank" with the same members: their runs are reused, the reranker learns on validation
+    answers for the test score and on test answers for the final file, and the report shows both blends."""
+    tmp, raw, _ = first
+    recipe = RECIPE.replace("tune_rounds = 1\n", 'tune_rounds = 1\nblend = "rerank"\n')
+    (tmp / "rerank.toml").write_text(recipe + "\n[rerank]\nmax_iter = 20\nmin_samples_leaf = 5\n")
+    p = run_script("06_submission.py", "--input", raw, "--recipe", tmp / "rerank.toml", "--name", "tiny",
+                   "--data-dir", tmp / "data", "--out-dir", tmp / "subs-rr", "--threads", "1", timeout=600)
+    assert p.returncode == 0, describe(p)
+    assert "honest test score of the reranker" in p.stdout
+    report = json.loads((tmp / "subs-rr" / "tiny-report" / "report.json").read_text())
+    rr = report["rerank"]
+    assert report["method"] == "rerank" and 0 < rr["test"]["recall@10"] <= 1 and "recall@10" in rr["valid"]
+    assert "blend" in rr["features"] and {r["feature"] for r in rr["importance"]} == set(rr["features"])
+    assert "**reranker**" in (tmp / "subs-rr" / "tiny-report" / "report.md").read_text()
+    final = pd.read_csv(tmp / "subs-rr" / "tiny-final.csv")
+    full = Dataset(tmp / "data" / "tiny-full")
+    assert len(final) == 10 * full.n_users and (final.groupby("user")["item"].nunique() == 10).all()
+    seen = {int(full.user_raw[u]): set(full.item_raw[full.sequence(u)].tolist()) for u in range(full.n_users)}
+    assert not any(i in seen[u] for u, i in zip(final["user"], final["item"])), "a seen item was recommended"
