@@ -7,7 +7,7 @@ cloze model, and the seconds and memory of the reranker stage over real candidat
 Each member trains --epochs epochs on the validation split (evaluation on the validation answers included in
 each epoch's seconds). The reranker stage reads the validation candidates (top 100) of EASE (--preset
 ease-seq) and Mult-VAE, builds the features of their union, cross-fits the classifier (validation score and
-permutation importance), learns it on all validation pairs and orders the candidates; its seconds and the
+permutation importance over 3,000 users), learns it on all validation pairs and orders the candidates; its seconds and the
 peak memory of this process are reported (targets: < 5 min, < 4 GB). JSON lines go to bench/results/members.jsonl.
 """
 from __future__ import annotations

@@ -32,6 +32,7 @@ from common.data import Dataset, pad_rows, row_owners
 from common.metrics import all_metrics
 
 RECENT_ITEMS = 5  # history items averaged in recent_cos
+IMPORTANCE_USERS = 3000  # users whose pairs the permutation importance reads
 
 
 @dataclass
@@ -165,33 +166,38 @@ def score(top: np.ndarray, users: np.ndarray, ds: Dataset, k: int) -> dict:
     return all_metrics(top[np.searchsorted(users, ev)], ds.answers_padded(ev), k)
 
 
-def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int) -> tuple[dict, list[dict]]:
+def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
+              importance_users: int = IMPORTANCE_USERS) -> tuple[dict, list[dict]]:
     """Validation score of the reranker with the users split in two halves (each half scored by a model
-    that learned on the other), and each feature's permutation importance: the drop in recall@k when
-    its column is shuffled across pairs."""
+    that learned on the other), and each feature's permutation importance: the drop in recall@k, over at
+    most `importance_users` of the users, when the feature's column is shuffled across their pairs."""
     y = labels(c, ds)
     users = ds.eval_users()
-    half = np.random.default_rng(cfg.seed).permutation(len(users)) % 2
-    value = np.zeros(len(y))
-    models = []
+    rng = np.random.default_rng(cfg.seed)
+    half = rng.permutation(len(users)) % 2
+    value, models = np.zeros(len(y)), []
     for h in (0, 1):
-        learn = np.flatnonzero(np.isin(c.users, users[half != h]))
-        score_rows = np.flatnonzero(np.isin(c.users, users[half == h]))
-        models.append((fit(c, y, cfg, learn), score_rows))
-    X = c.X
+        model = fit(c, y, cfg, np.flatnonzero(np.isin(c.users, users[half != h])))
+        rows = np.flatnonzero(np.isin(c.users, users[half == h]))
+        value[rows] = model.predict_proba(c.X[rows])[:, 1]
+        models.append((model, rows))
 
-    def recall(X: np.ndarray) -> float:
-        for m, rows in models:
-            value[rows] = m.predict_proba(X[rows])[:, 1]
+    def recall(value: np.ndarray, users: np.ndarray) -> float:
         keep = np.isin(c.users, users)
         top = blend_top_k(c.users[keep], c.items[keep], value[keep], ds, k, users)
         return all_metrics(top, ds.answers_padded(users), k)
 
-    metrics = recall(X)
-    rng = np.random.default_rng(cfg.seed + 1)
+    metrics = recall(value, users)
+    sample = np.sort(rng.choice(users, size=min(importance_users, len(users)), replace=False))
+    base = recall(value, sample)[f"recall@{k}"]
+    shuffle_rng = np.random.default_rng(cfg.seed + 1)
     importance = []
     for f, name in enumerate(c.names):
-        shuffled = X.copy()
-        shuffled[:, f] = X[rng.permutation(len(X)), f]
-        importance.append({"feature": name, f"recall@{k} drop": metrics[f"recall@{k}"] - recall(shuffled)[f"recall@{k}"]})
+        shuffled = value.copy()
+        for model, rows in models:
+            rows = rows[np.isin(c.users[rows], sample)]
+            X = c.X[rows].copy()
+            X[:, f] = X[shuffle_rng.permutation(len(X)), f]
+            shuffled[rows] = model.predict_proba(X)[:, 1]
+        importance.append({"feature": name, f"recall@{k} drop": base - recall(shuffled, sample)[f"recall@{k}"]})
     return metrics, sorted(importance, key=lambda r: -r[f"recall@{k} drop"])
