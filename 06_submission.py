@@ -25,8 +25,8 @@ from common.config import parse_config, save_config
 from common.data import Dataset
 from common.io import InputError, read_json, run_main
 from common import rerank
-from common.pipeline import (Runner, blend_runs, build_candidates, candidate_groups, refit_flags, rerank_stage,
-                             tune_member, tune_weights)
+from common.pipeline import (Runner, blend_runs, refit_flags, rerank_candidates, rerank_stage, tune_member,
+                             tune_weights)
 from common.readers import FORMATS
 from common.recipe import TUNE, load_recipe
 from common.report import write_report
@@ -98,8 +98,7 @@ def main():
     rr = {}
     if reranked:
         t_rr = time.time()
-        valid_c = build_candidates(candidate_groups(recipe.members, tune_runs), valid_ds, recipe.candidates,
-                                   recipe.rerank, weights)
+        valid_c = rerank_candidates(recipe, tune_runs, valid_ds, weights)
         rr["valid"], rr["importance"] = rerank.cross_fit(valid_c, valid_ds, recipe.rerank, k)
         rr["valid_seconds"] = round(time.time() - t_rr, 1)
         rr["features"], rr["valid_pairs"] = valid_c.names, len(valid_c.users)
@@ -117,8 +116,8 @@ def main():
         print(f"  test recall@{k} of {m.name} alone: {test_members[m.name][f'recall@{k}']:.4f}")
     print(f"  honest test score of the blend: {json.dumps({a: round(v, 5) for a, v in test_blend.items()})}")
     if reranked:
-        _, _, rr["test"], rr["test_seconds"] = rerank_stage(recipe, (tune_runs, valid_ds), (test_runs, test_ds),
-                                                            weights)
+        test_c = rerank_candidates(recipe, test_runs, test_ds, weights)
+        _, _, rr["test"], rr["test_seconds"] = rerank_stage(recipe, (valid_c, valid_ds), (test_c, test_ds))
         print(f"  honest test score of the reranker: {json.dumps({a: round(v, 5) for a, v in rr['test'].items()})}")
     final_score = rr["test"] if reranked else test_blend
 
@@ -132,8 +131,8 @@ def main():
                                           refit_flags(recipe, tuned[m.name], r), "test") for r in tune_runs[m.name]]
                       for m in kept}
         if reranked:  # learned on the test candidates and answers, as the test one was on validation
-            users, top, _, rr["final_seconds"] = rerank_stage(recipe, (test_runs, test_ds), (final_runs, full_ds),
-                                                              weights)
+            final_c = rerank_candidates(recipe, final_runs, full_ds, weights)
+            users, top, _, rr["final_seconds"] = rerank_stage(recipe, (test_c, test_ds), (final_c, full_ds))
         else:
             users, top, _ = blend_runs(recipe, final_runs, weights, full_ds, kept)
         final_file = out_dir / f"{name}-final.csv"

@@ -16,16 +16,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from measure import ROOT, report  # noqa: E402
 
 from common import rerank  # noqa: E402
-from common.blend import blend_top_k  # noqa: E402
 from common.data import Dataset  # noqa: E402
-from common.metrics import all_metrics  # noqa: E402
 
 BASE = rerank.RerankConfig(max_iter=200, learning_rate=0.05, max_leaf_nodes=31, min_samples_leaf=40)
 SMALL = rerank.RerankConfig(max_iter=300, learning_rate=0.02, max_leaf_nodes=7, min_samples_leaf=200)
@@ -44,19 +40,6 @@ def groups(rep: dict, phase: str, root: Path) -> dict[str, list[Path]]:
                         for s in m["seeds_detail"]] for m in rep["members"]}
 
 
-def cross_fitted(c: rerank.Candidates, ds: Dataset, cfg: rerank.RerankConfig, k: int = 10) -> float:
-    y, users = rerank.labels(c, ds), ds.eval_users()
-    half = np.random.default_rng(cfg.seed).permutation(len(users)) % 2
-    value = np.zeros(len(y))
-    for h in (0, 1):
-        model = rerank.fit(c, y, cfg, np.flatnonzero(np.isin(c.users, users[half != h])))
-        rows = np.flatnonzero(np.isin(c.users, users[half == h]))
-        value[rows] = model.predict_proba(c.X[rows])[:, 1]
-    keep = np.isin(c.users, users)
-    top = blend_top_k(c.users[keep], c.items[keep], value[keep], ds, k, users)
-    return all_metrics(top, ds.answers_padded(users), k)[f"recall@{k}"]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4])
@@ -73,7 +56,7 @@ def main():
             model = rerank.fit(cv, rerank.labels(cv, valid), cfg, rerank.answered_rows(cv, valid))
             users, top = rerank.rerank(model, ct, test, 10)
             report("rerank_variants", {"split": seed, "variant": name,
-                                       "valid_cross_fitted": round(cross_fitted(cv, valid, cfg), 4),
+                                       "valid_cross_fitted": round(rerank.cross_fit(cv, valid, cfg, 10, 0)[0]["recall@10"], 4),
                                        "test": round(rerank.score(top, users, test, 10)["recall@10"], 4),
                                        "linear_valid": rep["blend"]["valid"]["recall@10"],
                                        "linear_test": rep["blend"]["test"]["recall@10"]})

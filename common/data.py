@@ -284,6 +284,7 @@ class Dataset:
             self.items, self.times = self.items[keep], self.times[keep]
         self.ans_indptr, self.ans_items = answers["indptr"], answers["items"]
         self._attr = None
+        self._seen = {}  # (recency, tau) -> seen_matrix
 
     @property
     def answers_label(self) -> str:
@@ -328,12 +329,15 @@ class Dataset:
         latest item, 1 for the one before, and so on.
         """
         import scipy.sparse as sp
-        data = np.ones(len(self.items), dtype=np.float32)
-        if recency:
-            user = row_owners(self.indptr)
-            r = self.indptr[user + 1] - 1 - np.arange(len(self.items))  # steps back from the latest item
-            data += (recency * np.exp(-r / tau)).astype(np.float32)
-        return sp.csr_matrix((data, self.items, self.indptr), shape=(self.n_users, self.n_items + 1))
+        key = (recency, tau)
+        if key not in self._seen:  # built once per view: models and their per-epoch evaluation share it
+            data = np.ones(len(self.items), dtype=np.float32)
+            if recency:
+                user = row_owners(self.indptr)
+                r = self.indptr[user + 1] - 1 - np.arange(len(self.items))  # steps back from the latest item
+                data += (recency * np.exp(-r / tau)).astype(np.float32)
+            self._seen[key] = sp.csr_matrix((data, self.items, self.indptr), shape=(self.n_users, self.n_items + 1))
+        return self._seen[key]
 
     def answers_padded(self, users: np.ndarray) -> np.ndarray:
         """Answers of `users` as a [len(users), max_answers] array padded with 0."""

@@ -35,7 +35,7 @@ from common.data import Dataset
 from common.io import InputError, read_json, write_json
 from common.metrics import all_metrics
 from common.recipe import TUNE, Member, Recipe, settings_flags
-from common.rerank import build_candidates
+from common.rerank import Candidates, build_candidates
 
 ROOT = Path(__file__).resolve().parents[1]  # the numbered scripts live here
 STEP_FILE = "step.json"  # written when a run's training and inference are both done
@@ -233,16 +233,19 @@ def candidate_groups(members: list[Member], runs: dict[str, list[dict]]) -> dict
     return {m.name: [Path(r["candidates"]) for r in runs[m.name]] for m in members}
 
 
-def rerank_stage(recipe: Recipe, learn: tuple[dict, Dataset], apply: tuple[dict, Dataset], weights: dict):
-    """Learn the reranker on the candidates of `learn` (runs, dataset) against its answers, then order the
-    candidates of `apply`; `weights` are the linear blend's (a feature). Returns (users [U], top-k [U, k],
-    metrics on `apply`'s answers or {}, seconds)."""
+def rerank_candidates(recipe: Recipe, runs: dict[str, list[dict]], ds: Dataset, weights: dict) -> Candidates:
+    """The reranker's candidate pairs and features for the candidate files of `runs`; `weights` are the
+    linear blend's (a feature)."""
+    return build_candidates(candidate_groups(recipe.members, runs), ds, recipe.candidates, recipe.rerank, weights)
+
+
+def rerank_stage(recipe: Recipe, learn: tuple[Candidates, Dataset], apply: tuple[Candidates, Dataset]):
+    """Learn the reranker on the candidates of `learn` against that dataset's answers, then order the
+    candidates of `apply`. Returns (users [U], top-k [U, k], metrics on `apply`'s answers or {}, seconds)."""
     t0 = time.time()
-    c = build_candidates(candidate_groups(recipe.members, learn[0]), learn[1], recipe.candidates, recipe.rerank,
-                         weights)
-    model = rerank.fit(c, rerank.labels(c, learn[1]), recipe.rerank, rerank.answered_rows(c, learn[1]))
-    runs, ds = apply
-    target = build_candidates(candidate_groups(recipe.members, runs), ds, recipe.candidates, recipe.rerank, weights)
+    c, ds = learn
+    model = rerank.fit(c, rerank.labels(c, ds), recipe.rerank, rerank.answered_rows(c, ds))
+    target, ds = apply
     users, top = rerank.rerank(model, target, ds, recipe.k)
     metrics = rerank.score(top, users, ds, recipe.k) if ds.has_holdout else {}
     return users, top, metrics, round(time.time() - t0, 1)

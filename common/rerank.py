@@ -154,9 +154,9 @@ def answered_rows(c: Candidates, ds: Dataset) -> np.ndarray:
     return np.flatnonzero(np.isin(c.users, ds.eval_users()))
 
 
-def rerank(model, c: Candidates, ds: Dataset, k: int, users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def rerank(model, c: Candidates, ds: Dataset, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(users [U], top-k items [U, k]) ordered by the classifier; short lists filled with popular items."""
-    users = np.unique(c.users) if users is None else users
+    users = np.unique(c.users)
     value = model.predict_proba(c.X)[:, 1]
     return users, blend_top_k(c.users, c.items, value, ds, k, users)
 
@@ -170,7 +170,7 @@ def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
               importance_users: int = IMPORTANCE_USERS) -> tuple[dict, list[dict]]:
     """Validation score of the reranker with the users split in two halves (each half scored by a model
     that learned on the other), and each feature's permutation importance: the drop in recall@k, over at
-    most `importance_users` of the users, when the feature's column is shuffled across their pairs."""
+    most `importance_users` of the users (0: none), when the feature's column is shuffled across their pairs."""
     y = labels(c, ds)
     users = ds.eval_users()
     rng = np.random.default_rng(cfg.seed)
@@ -188,6 +188,8 @@ def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
         return all_metrics(top, ds.answers_padded(users), k)
 
     metrics = recall(value, users)
+    if importance_users == 0:
+        return metrics, []
     sample = np.sort(rng.choice(users, size=min(importance_users, len(users)), replace=False))
     base = recall(value, sample)[f"recall@{k}"]
     shuffle_rng = np.random.default_rng(cfg.seed + 1)

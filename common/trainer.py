@@ -143,7 +143,10 @@ class Trainer:
                     ema.update_parameters(model)
                 total, steps = total + value, steps + 1
                 for name, v in named.items():  # a part that is never computed (None) stays None
-                    parts[name] = None if v is None and parts.get(name) is None else (parts.get(name) or 0.0) + (v or 0.0)
+                    if v is None:
+                        parts.setdefault(name, None)
+                    else:
+                        parts[name] = (parts.get(name) or 0.0) + v
                 bar.set_postfix(loss=f"{total / steps:.4f}")
             record = {"epoch": epoch, "loss": total / max(steps, 1),
                       **{name: None if s is None else s / max(steps, 1) for name, s in parts.items()}}

@@ -12,7 +12,7 @@ from common import rerank
 from common.data import Dataset, build_dataset
 from common.readers import RawData
 from common.recipe import Member, Recipe
-from common.pipeline import rerank_stage
+from common.pipeline import rerank_candidates, rerank_stage
 from common.submission import write_ranked
 
 N = 6  # candidates per user per run
@@ -135,12 +135,15 @@ def test_the_reranker_never_reads_test_answers(split, tmp_path):
     valid, test = Dataset(split, "valid"), Dataset(split, "test")
     recipe = Recipe(path="r", members=[Member("a", []), Member("b", [])], k=3, candidates=N,
                     rerank=rerank.RerankConfig(max_iter=20, min_samples_leaf=5))
+    weights = {"a": 1.0, "b": 0.5}
     learn = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(valid, tmp_path, "v").items()}
     apply = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(test, tmp_path, "t").items()}
-    users, top, metrics, _ = rerank_stage(recipe, (learn, valid), (apply, test), {"a": 1.0, "b": 0.5})
+    learn_c = rerank_candidates(recipe, learn, valid, weights)
+    apply_c = rerank_candidates(recipe, apply, test, weights)
+    users, top, metrics, _ = rerank_stage(recipe, (learn_c, valid), (apply_c, test))
     other = Dataset(split, "test")
     other.ans_items = np.random.default_rng(5).integers(1, other.n_items + 1, size=len(other.ans_items))
-    users2, top2, metrics2, _ = rerank_stage(recipe, (learn, valid), (apply, other), {"a": 1.0, "b": 0.5})
+    users2, top2, metrics2, _ = rerank_stage(recipe, (learn_c, valid), (apply_c, other))
     assert np.array_equal(users, users2) and np.array_equal(top, top2)
     assert metrics != metrics2, "the test answers did change: the test must be able to fail"
     seen = [set(test.sequence(u).tolist()) for u in users]
