@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config import parse_config
+from common.config import parse_config, setting
 from common.demo import SCALES, write_demo
 from common.io import run_main
 from common.utils import set_seed
@@ -15,7 +15,7 @@ from common.utils import set_seed
 class DemoConfig:
     out: str = field(default="data/raw/demo", metadata={"help": "folder to write"})
     scale: str = field(default="small", metadata={"choices": tuple(SCALES), "help": "small: ~2 min demo; full: competition shape"})
-    seed: int = 0
+    seed: int = setting(0, ge=0)
 
 
 def main():

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config import parse_config, save_config
+from common.config import config_json, parse_config, setting
 from common.data import NOT_A_YEAR, build_dataset
 from common.io import InputError, run_main
 from common.readers import FORMATS, read_raw
@@ -27,23 +27,21 @@ class PreprocessConfig:
     out: str = field(default="", metadata={"help": "output folder; default data/<dataset>"})
     name: str = field(default="", metadata={"help": "dataset name; default the input's name"})
     holdout: bool = field(default=True, metadata={"help": "write a local hold-out (--no-holdout: train on all)"})
-    holdout_last: int = field(default=5, metadata={"help": "latest items per user held out (ignored with a cutoff)"})
-    holdout_random: int = field(default=5, metadata={"help": "randomly dropped earlier items held out per user"})
-    holdout_cutoff: float = field(default=0.0, metadata={
-        "help": "hold out every interaction after this quantile of all timestamps, in (0, 1) (0: per user)"})
-    validation: bool = field(default=True, metadata={
-        "help": "carve validation answers out of the training part the same way (--no-validation: test only)"})
-    seed: int = 0
+    holdout_last: int = setting(5, "latest items per user held out (ignored with a cutoff)", ge=0)
+    holdout_random: int = setting(5, "randomly dropped earlier items held out per user", ge=0)
+    holdout_cutoff: float = setting(0.0, "hold out every interaction after this quantile of all timestamps, in "
+                                         "(0, 1) (0: per user)", ge=0, lt=1)
+    validation: bool = setting(True, "carve validation answers out of the training part the same way "
+                                     "(--no-validation: test only)")
+    seed: int = setting(0, ge=0)
+
+    RULES = ((lambda c: not c.holdout or c.holdout_cutoff > 0 or c.holdout_last + c.holdout_random > 0,
+              "--holdout-last and --holdout-random are both 0: nothing to hold out (use --no-holdout)"),)
 
 
 def main():
     cfg = parse_config(PreprocessConfig, description=__doc__)
     set_seed(cfg.seed)
-    if cfg.holdout_last < 0 or cfg.holdout_random < 0 or not 0 <= cfg.holdout_cutoff < 1:
-        raise InputError(f"--holdout-last and --holdout-random must be >= 0 and --holdout-cutoff in [0, 1), got "
-                         f"{cfg.holdout_last}, {cfg.holdout_random} and {cfg.holdout_cutoff}")
-    if cfg.holdout and cfg.holdout_cutoff == 0 and cfg.holdout_last + cfg.holdout_random == 0:
-        raise InputError("--holdout-last and --holdout-random are both 0: nothing to hold out (use --no-holdout)")
     t0 = time.time()
     src = Path(cfg.input)
     name = cfg.name or (src.stem if src.is_file() else src.name)
@@ -53,8 +51,8 @@ def main():
         raise InputError(f"{src}: S3-Rec sequences carry no timestamps, so --holdout-cutoff has no time to cut at; "
                          "use --holdout-last/--holdout-random")
     s = build_dataset(raw, out, cfg.holdout_last, cfg.holdout_random, cfg.seed, cfg.holdout, name,
-                      validation=cfg.validation, cutoff=cfg.holdout_cutoff)
-    save_config(cfg, out / "preprocess_config.json")
+                      validation=cfg.validation, cutoff=cfg.holdout_cutoff,
+                      extra={"preprocess_config.json": config_json(cfg)})
     print(f"{raw.source}: {s.n_users:,} users, {s.n_items:,} items, {s.n_interactions:,} interactions "
           f"({s.duplicates_dropped:,} repeated pairs dropped), {s.n_attributes:,} attributes")
     if s.single_interaction_users:

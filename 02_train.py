@@ -22,7 +22,7 @@ from pathlib import Path
 from common.config import parse_config, save_config
 from common.data import Dataset
 from common.io import read_json, run_main
-from common.training import PRESETS, TrainConfig, check_config, fit, run_name
+from common.training import PRESETS, TrainConfig, check_config, fit, run_folder, run_name
 from common.utils import pick_device, set_seed
 
 
@@ -34,10 +34,9 @@ def main():
     ds = Dataset(Path(cfg.data), cfg.split)
     check_config(cfg, ds)
     device = pick_device(cfg.trainer.device, cfg.trainer.threads)
-    out = ds.root / "runs" / run_name(cfg, ds)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
-    fit(cfg, ds, out, device)
+    with run_folder(ds.root / "runs" / run_name(cfg, ds)) as out:
+        save_config(cfg, out / "config.json")
+        fit(cfg, ds, out, device)
     print(f"wrote {out}/ (checkpoint.pt, config.json, metrics.jsonl); trained on the {ds.split} split's training part")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import parse_config, save_config
+from common.config import parse_config, save_config, setting
 from common.data import SPLITS, Dataset
 from common.io import InputError, run_main
 from common.metrics import all_metrics
@@ -29,15 +29,15 @@ from common.utils import pick_device
 @dataclass
 class InferenceConfig:
     checkpoint: str = field(default="", metadata={"positional": True, "help": "path to a run's checkpoint.pt"})
-    k: int = 10
-    candidates: int = field(default=100, metadata={"help": "rows per user in the candidates file (0: none)"})
+    k: int = setting(10, ge=1)
+    candidates: int = setting(100, "rows per user in the candidates file (0: none)", ge=0)
     data: str = field(default="", metadata={"help": "dataset folder; default the one the run was trained on"})
     split: str = field(default="test", metadata={"choices": SPLITS, "help": "test: input the training part, score "
                                                  "on test answers; valid: input it without the validation answers"})
     out_dir: str = "submissions"
-    batch_size: int = field(default=1024, metadata={"help": "users scored at once"})
-    device: str = "auto"
-    threads: int = field(default=0, metadata={"help": "CPU threads (0: one per core)"})
+    batch_size: int = setting(1024, "users scored at once", ge=1)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    threads: int = setting(0, "CPU threads (0: one per core)", ge=0)
 
 
 def main():

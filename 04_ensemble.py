@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.blend import METHODS, NORMS, RRF_C, blend_top_k, contribution_matrix, load_inputs
-from common.config import parse_config, save_config
+from common.config import parse_config, save_config, setting
 from common.data import SPLITS, Dataset
 from common.io import InputError, run_main
 from common.metrics import all_metrics
@@ -28,17 +28,22 @@ from common.submission import write_ranked
 @dataclass
 class EnsembleConfig:
     inputs: list[str] = field(default_factory=list, metadata={"positional": True, "help": "CSV files to blend"})
-    weights: list[float] = field(default_factory=list, metadata={"help": "one weight per input (default: all 1)"})
+    weights: list[float] = setting([], "one weight per input, >= 0, not all 0 (default: all 1)", ge=0)
     method: str = field(default="rrf", metadata={"choices": METHODS})
     norm: str = field(default="minmax", metadata={"choices": NORMS, "help": "per-user score normalisation"})
-    rrf_c: float = RRF_C
-    k: int = 10
+    rrf_c: float = setting(RRF_C, "rrf: score 1 / (rrf_c + rank)", ge=0)
+    k: int = setting(10, ge=1)
     data: str = field(default="data/demo", metadata={"help": "the dataset the runs were made on"})
     split: str = field(default="test", metadata={"choices": SPLITS, "help": "which answers (and training part) the "
                                                  "inputs were made for: test, or valid"})
     out: str = field(default="submissions/blend.csv")
     grid: bool = field(default=False, metadata={"help": "search weights on the local hold-out"})
-    grid_values: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    grid_values: list[float] = setting([0.0, 0.25, 0.5, 0.75, 1.0], "weights each input may take in --grid",
+                                       ge=0)
+
+    RULES = ((lambda c: not c.weights or any(w > 0 for w in c.weights), "--weights are all 0: nothing to blend"),
+             (lambda c: any(w > 0 for w in c.grid_values), "--grid-values are all 0: no weights to try"),
+             (lambda c: bool(c.inputs), "no input files given"))
 
 
 def grid_search(pu, pi, C, ds: Dataset, k: int, values: list[float]):
@@ -67,8 +72,6 @@ def main():
     weights = cfg.weights or [1.0] * len(paths)
     if len(weights) != len(paths):
         raise InputError(f"--weights has {len(weights)} values for {len(paths)} inputs")
-    if any(w < 0 for w in weights):
-        raise InputError("--weights must not be negative")
     frames = load_inputs(paths, ds, cfg.method)
     pu, pi, C = contribution_matrix(frames, cfg.method, cfg.norm, cfg.rrf_c)
     if cfg.grid:

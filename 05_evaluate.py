@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import parse_config
+from common.config import parse_config, setting
 from common.data import SPLITS, Dataset, pad_rows
 from common.io import InputError, run_main
 from common.metrics import all_metrics
@@ -26,7 +26,7 @@ class EvaluateConfig:
                                                        "or valid_answers.csv with --split valid"})
     split: str = field(default="test", metadata={"choices": SPLITS, "help": "score against the test answers or "
                                                  "the validation answers (seen items: that split's training part)"})
-    k: int = 10
+    k: int = setting(10, ge=1)
 
 
 def main():

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config import parse_config, save_config
+from common.config import parse_config, save_config, setting
 from common.data import Dataset
 from common.io import InputError, read_json, run_main
 from common import rerank
@@ -40,17 +40,20 @@ class SubmissionConfig:
     recipe: str = field(default="recipes/default.toml", metadata={"help": "recipe TOML file"})
     name: str = field(default="", metadata={"help": "name of the data sets and files; default the input's name"})
     format: str = field(default="auto", metadata={"choices": FORMATS})
-    holdout_last: int = field(default=5, metadata={"help": "test (and validation) hold-out: latest items per user"})
-    holdout_random: int = field(default=5, metadata={"help": "hold-out: randomly dropped earlier items per user"})
-    holdout_cutoff: float = field(default=0.0, metadata={"help": "hold out everything after this time quantile "
-                                                                 "instead of the latest items (0: per user)"})
-    seed: int = field(default=0, metadata={"help": "seed of the hold-out draws (training seeds are the recipe's)"})
+    holdout_last: int = setting(5, "test (and validation) hold-out: latest items per user", ge=0)
+    holdout_random: int = setting(5, "hold-out: randomly dropped earlier items per user", ge=0)
+    holdout_cutoff: float = setting(0.0, "hold out everything after this time quantile instead of the latest items "
+                                         "(0: per user)", ge=0, lt=1)
+    seed: int = setting(0, "seed of the hold-out draws (training seeds are the recipe's)", ge=0)
     data_dir: str = field(default="data", metadata={"help": "where <name>-split/ and <name>-full/ go"})
     out_dir: str = field(default="submissions", metadata={"help": "where the final file and the report go"})
     final: bool = field(default=True, metadata={"help": "refit on the full data and write the final file "
                                                         "(--no-final: stop after the test score)"})
-    threads: int = field(default=0, metadata={"help": "CPU threads per run (0: one per core)"})
+    threads: int = setting(0, "CPU threads per run (0: one per core)", ge=0)
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+
+    RULES = ((lambda c: c.holdout_cutoff > 0 or c.holdout_last + c.holdout_random > 0,
+              "--holdout-last and --holdout-random are both 0: nothing to hold out"),)
 
 
 def member_scores(recipe, runs: dict, ds: Dataset) -> dict:

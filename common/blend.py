@@ -31,6 +31,12 @@ def load_inputs(paths: list[Path], ds: Dataset, method: str) -> list[pd.DataFram
     for path in paths:
         df = read_ranked(path, with_scores=(method == "score"))
         users, items = to_dense(df, ds, path)
+        seen = seen_mask(ds, users, items)
+        if seen.any():  # what 03_inference.py never lists: the file was made on other data or another split
+            i = int(np.flatnonzero(seen)[0])
+            raise InputError(f"{path}: row {i + 2}: item {df['item'].iat[i]} is in user {df['user'].iat[i]}'s training "
+                             f"history in {ds.root} ({ds.split} split): made on other data? run 03_inference.py "
+                             "again on it")
         frame = pd.DataFrame({"user": users, "item": items})
         if method == "score":
             frame["score"] = df["score"].to_numpy()

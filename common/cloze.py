@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from common.config import setting
 from common.batches import epoch_batches, gather_windows, window_ends
 from common.data import PAD, Dataset, pad_rows
 from common.losses import ce_loss
@@ -28,9 +29,9 @@ from common.trainer import Lazy
 
 @dataclass
 class ClozeConfig:
-    cloze_prob: float = field(default=0.2, metadata={"help": "cloze: share of a window's items masked"})
-    cloze_end: float = field(default=0.2, metadata={"help": "cloze: share of windows whose last item is masked "
-                                                            "as well (the next-item question)"})
+    cloze_prob: float = setting(0.2, "cloze: share of a window's items masked", gt=0, le=1)
+    cloze_end: float = setting(0.2, "cloze: share of windows whose last item is masked as well (the next-item "
+                                    "question)", ge=0, le=1)
 
 
 class ClozeModel(nn.Module):

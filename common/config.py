@@ -8,6 +8,11 @@ is declared once, in the dataclass of the part that uses it. Leaf names are uniq
 groups. A field with metadata `flag=False` is no flag (it is filled in from the data). A field
 whose metadata has `positional=True` becomes a positional argument. Named presets bundle
 several field values under one `--preset` flag.
+
+Bounds live with the field they bound: `setting(default, help, ge=, gt=, le=, lt=, choices=)`. Relations
+between settings are a dataclass's `RULES`: (test of the instance, message formatted with it as `c`).
+`check_settings` applies both, to every group, and `parse_config` calls it: a value out of bounds exits
+with one line naming its flag.
 """
 from __future__ import annotations
 
@@ -15,9 +20,52 @@ import argparse
 import dataclasses
 import json
 import typing
+from dataclasses import field
 from pathlib import Path
 
-from common.io import atomic_write_text
+from common.io import InputError, atomic_write_text
+
+BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+          "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+
+
+def setting(default, help: str = " ", *, choices=None, flag: bool = True, positional: bool = False, **bounds):
+    """A dataclass field with its help, allowed values and bounds (ge, gt, le, lt: each value of a list)."""
+    unknown = set(bounds) - set(BOUNDS)
+    assert not unknown, f"unknown bounds {sorted(unknown)}"
+    meta = {"help": help, "bounds": bounds, "flag": flag, "positional": positional}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_settings(cfg) -> None:
+    """Raise InputError naming the flag of the first setting out of its bounds or choices, or the first
+    broken relation (a group's RULES, then its parent's)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if _is_group(hints[f.name]):
+            check_settings(value)
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        choices = f.metadata.get("choices")
+        for v in values:
+            if choices is not None and v not in choices:
+                raise InputError(f"{flag_name(f.name)} must be one of {', '.join(map(str, choices))}, got {v}")
+            for kind, bound in f.metadata.get("bounds", {}).items():
+                test, sign = BOUNDS[kind]
+                if isinstance(v, (int, float)) and not (v == v and test(v, bound)):  # NaN fails every bound
+                    raise InputError(f"{flag_name(f.name)} must be {sign} {bound}, got {v}")
+    for test, message in getattr(type(cfg), "RULES", ()):
+        if not test(cfg):
+            raise InputError(message.format(c=cfg))
 
 
 def _flag_type(tp):
@@ -48,9 +96,15 @@ def leaf_fields(cls) -> list[tuple[dataclasses.Field, type]]:
     return out
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage block stays in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see --help\n")
+
+
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=description, allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f, tp in leaf_fields(cls):
         if not f.metadata.get("flag", True):
             continue
@@ -61,7 +115,7 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
             inner, nargs = _flag_type(tp)
             parser.add_argument(f.name, type=inner, nargs=nargs or None, help=helptext)
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_name(f.name)
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=default, help=helptext)
@@ -103,7 +157,9 @@ def parse_config(cls, argv=None, description: str = "", presets: dict | None = N
         chosen = parser.parse_args(argv).preset
         if chosen:
             parser.set_defaults(**presets[chosen])
-    return from_flat(cls, vars(parser.parse_args(argv)))
+    cfg = from_flat(cls, vars(parser.parse_args(argv)))
+    check_settings(cfg)
+    return cfg
 
 
 def config_dict(cfg) -> dict:
@@ -125,5 +181,9 @@ def config_from_dict(cls, d: dict):
     return _build(cls, {k: v for k, v in flat_dict(d).items() if k in names})
 
 
+def config_json(cfg) -> str:
+    return json.dumps(config_dict(cfg), indent=2, sort_keys=True) + "\n"
+
+
 def save_config(cfg, path: Path) -> None:
-    atomic_write_text(Path(path), json.dumps(config_dict(cfg), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(Path(path), config_json(cfg))

@@ -33,13 +33,16 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common.io import InputError, atomic_path, read_json, read_npz, write_json, write_npz
+from common.io import UMASK, InputError, atomic_path, read_json, read_npz, write_json, write_npz
 from common.readers import RawData
 
 PAD = 0  # the padding item id: dense item ids are 1..n_items
@@ -192,8 +195,9 @@ def _write_answers(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, users
 
 def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random: int = 5,
                   seed: int = 0, holdout: bool = True, name: str = "", validation: bool = False,
-                  cutoff: float = 0.0) -> BuildSummary:
-    """Turn raw interactions into the artifacts listed in the module docstring, written atomically.
+                  cutoff: float = 0.0, extra: dict[str, str] | None = None) -> BuildSummary:
+    """Turn raw interactions into the artifacts listed in the module docstring (plus the text files
+    `extra`, {name: text}), built in a folder beside `out` and swapped in whole (see `swap_in`).
 
     With `validation` the same hold-out procedure runs again on the training part (see the module docstring).
     """
@@ -222,29 +226,59 @@ def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random
     va_indptr = csr_offsets(np.bincount(tr_users[valid], minlength=n_users))
     a_indptr, a_ids, a_names, dropped = build_attributes(raw, item_raw)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_npz(out / "maps.npz", user_raw=user_raw.astype(np.int64), item_raw=item_raw)
-    write_npz(out / "sequences.npz", indptr=tr_indptr, items=tr_items, times=tr_times.astype(np.float64))
-    write_npz(out / "holdout.npz", indptr=ho_indptr, items=items[answer])
-    write_npz(out / "valid.npz", indptr=va_indptr, items=tr_items[valid], positions=np.flatnonzero(valid))
-    write_npz(out / "attributes.npz", indptr=a_indptr, ids=a_ids)
-    write_json(out / "attributes.json", a_names)
-    _write_answers(out / "answers.csv", user_raw, item_raw, users[answer], items[answer])
-    _write_answers(out / "valid_answers.csv", user_raw, item_raw, tr_users[valid], tr_items[valid])
-    summary = BuildSummary(
-        n_users=n_users, n_items=len(item_raw_real), n_interactions=len(users),
-        n_train=int((~answer).sum()), n_holdout=int(answer.sum()),
-        n_holdout_users=int((np.diff(ho_indptr) > 0).sum()), n_valid=int(valid.sum()),
-        n_valid_users=int((np.diff(va_indptr) > 0).sum()), duplicates_dropped=n_dup,
-        single_interaction_users=int((lengths == 1).sum()), n_attributes=len(a_names),
-        side_rows_dropped=dropped)
-    shape = {"last": 0 if cutoff else holdout_last, "random": holdout_random, "seed": seed, "cutoff": cutoff}
-    write_json(out / "meta.json", {
-        "format_version": FORMAT_VERSION, "dataset": name or out.name, "source": raw.source,
-        "holdout": shape if holdout else None, "validation": bool(holdout and validation),
-        "fingerprint": dataset_fingerprint(out), **summary.__dict__})
+    final, out = Path(out), building_folder(Path(out))
+    try:
+        write_npz(out / "maps.npz", user_raw=user_raw.astype(np.int64), item_raw=item_raw)
+        write_npz(out / "sequences.npz", indptr=tr_indptr, items=tr_items, times=tr_times.astype(np.float64))
+        write_npz(out / "holdout.npz", indptr=ho_indptr, items=items[answer])
+        write_npz(out / "valid.npz", indptr=va_indptr, items=tr_items[valid], positions=np.flatnonzero(valid))
+        write_npz(out / "attributes.npz", indptr=a_indptr, ids=a_ids)
+        write_json(out / "attributes.json", a_names)
+        _write_answers(out / "answers.csv", user_raw, item_raw, users[answer], items[answer])
+        _write_answers(out / "valid_answers.csv", user_raw, item_raw, tr_users[valid], tr_items[valid])
+        summary = BuildSummary(
+            n_users=len(user_raw), n_items=len(item_raw) - 1, n_interactions=len(users),
+            n_train=int((~answer).sum()), n_holdout=int(answer.sum()),
+            n_holdout_users=int((np.diff(ho_indptr) > 0).sum()), n_valid=int(valid.sum()),
+            n_valid_users=int((np.diff(va_indptr) > 0).sum()), duplicates_dropped=n_dup,
+            single_interaction_users=int((lengths == 1).sum()), n_attributes=len(a_names),
+            side_rows_dropped=dropped)
+        shape = {"last": 0 if cutoff else holdout_last, "random": holdout_random, "seed": seed, "cutoff": cutoff}
+        write_json(out / "meta.json", {
+            "format_version": FORMAT_VERSION, "dataset": name, "source": raw.source,
+            "holdout": shape if holdout else None, "validation": bool(holdout and validation),
+            "fingerprint": dataset_fingerprint(out), **summary.__dict__})
+        for file, text in (extra or {}).items():
+            (out / file).write_text(text)
+        swap_in(out, final)
+    finally:
+        if out.exists():
+            shutil.rmtree(out)
     return summary
+
+
+def building_folder(final: Path) -> Path:
+    """A fresh folder beside `final` to build it in; leftovers of builds that died are removed first."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.building-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
+    os.chmod(folder, 0o777 & ~UMASK)  # mkdtemp makes owner-only folders; use the usual permissions
+    return folder
+
+
+def swap_in(built: Path, final: Path) -> None:
+    """Replace `final` by the folder `built` with renames; the runs trained on the old data move along
+    (their checkpoints name the old fingerprint, so nothing reuses them on other data)."""
+    if final.exists():
+        old = built.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        if (old / "runs").is_dir():
+            os.replace(old / "runs", built / "runs")
+        os.replace(built, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(built, final)
 
 
 class Dataset:

@@ -6,14 +6,15 @@ import json
 import os
 import sys
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 class InputError(Exception):
@@ -27,7 +28,7 @@ def atomic_path(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; use the usual permissions
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes owner-only files; use the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -49,7 +50,10 @@ def read_json(path: Path):
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # truncated or overwritten
+        raise InputError(f"{path}: not readable JSON ({type(e).__name__}); rerun the step that wrote it") from None
 
 
 def write_npz(path: Path, **arrays) -> None:
@@ -63,8 +67,11 @@ def read_npz(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # truncated or overwritten
+        raise InputError(f"{path}: not a readable .npz ({type(e).__name__}); rerun the step that wrote it") from None
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -80,10 +87,26 @@ def keep_epochs_before(path: Path, epoch: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in lines if json.loads(line)["epoch"] < epoch))
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with a message saying where the work stopped and how to continue it."""
+
+
+INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by SIGINT
+
+
 def run_main(main) -> None:
-    """Run a script's `main`, turning an InputError into a one-line message and exit status 2."""
+    """Run a script's `main`, turning each expected failure into one line on stderr: an InputError
+    (status 2), an operating-system error such as a full disk or an unwritable path (status 1), and
+    Ctrl-C (status 130)."""
     try:
         main()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        print(f"{e}" if isinstance(e, Interrupted) else "interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED_STATUS)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}; fix it and run this step again", file=sys.stderr)
+        sys.exit(1)

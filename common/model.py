@@ -12,25 +12,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.config import setting
 from common.data import PAD
 
 
 @dataclass
 class SASRecArgs:
     # real items; embeddings have n_items + 1 rows, row 0 is padding. Set from the data, not a flag.
-    n_items: int = field(default=0, metadata={"flag": False})
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout_attn: float = 0.5
-    dropout_hidden: float = 0.5
-    max_len: int = field(default=50, metadata={"help": "items read per sequence (the latest ones)"})
-    init_std: float = 0.02
+    n_items: int = setting(0, flag=False)
+    hidden: int = setting(64, "width of the item embeddings and every layer", ge=1)
+    layers: int = setting(2, ge=1)
+    heads: int = setting(2, "attention heads; --hidden must be a multiple of it", ge=1)
+    dropout_attn: float = setting(0.5, ge=0, lt=1)
+    dropout_hidden: float = setting(0.5, ge=0, lt=1)
+    max_len: int = setting(50, "items read per sequence (the latest ones)", ge=1)
+    init_std: float = setting(0.02, gt=0)
     pre_ln: bool = field(default=False, metadata={"help": "LayerNorm before attention/feed-forward instead of "
                                                           "after the residual"})
     final_ln: bool = field(default=False, metadata={"help": "one more LayerNorm on the output"})
     tied: bool = field(default=True, metadata={"help": "score with the input item embeddings; --no-tied adds a "
                                                        "separate output table"})
+
+    RULES = ((lambda c: c.hidden % c.heads == 0, "--hidden {c.hidden} must be a multiple of --heads {c.heads}"),)
 
 
 def attention_mask(seq: torch.Tensor, causal: bool = True) -> torch.Tensor:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.config import setting
 from common.batches import (HISTORY_MODES, NegativeSampler, epoch_batches, gather_future, gather_windows,
                             holdout_cuts, holdout_examples, holdout_users, window_ends)
 from common.data import Dataset
@@ -31,11 +32,11 @@ class ObjectiveConfig:
     history: str = field(default="last", metadata={"choices": HISTORY_MODES,
                                                    "help": "last max_len items, all windows, random crops, or "
                                                            "simulated hidden sets (holdout)"})
-    holdout_last: int = field(default=5, metadata={"help": "history holdout: next items hidden per example"})
-    holdout_random: int = field(default=5, metadata={"help": "history holdout: earlier items dropped and hidden"})
-    holdout_samples: int = field(default=8, metadata={"help": "history holdout: examples per user per epoch"})
-    horizon: int = field(default=1, metadata={"help": "targets per position: the next K items (1: next item only)"})
-    negatives: int = field(default=1, metadata={"help": "negatives per target (bce, bpr) or per batch (sampled)"})
+    holdout_last: int = setting(5, "history holdout: next items hidden per example", ge=1)
+    holdout_random: int = setting(5, "history holdout: earlier items dropped and hidden", ge=0)
+    holdout_samples: int = setting(8, "history holdout: examples per user per epoch", ge=1)
+    horizon: int = setting(1, "targets per position: the next K items (1: next item only)", ge=1)
+    negatives: int = setting(1, "negatives per target (bce, bpr) or per batch (sampled)", ge=1)
     sampled_dist: str = field(default="uniform", metadata={"choices": ("uniform", "pop"),
                                                            "help": "sampled: draw shared negatives uniformly or by popularity"})
     logq: bool = field(default=False, metadata={"help": "sampled: subtract log q(item) from logits"})

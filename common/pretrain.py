@@ -26,13 +26,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from common.config import setting
 from common.batches import NegativeSampler, epoch_batches, gather_windows, window_ends
 from common.checkpoint import check_architecture, check_dataset_matches, load_checkpoint
 from common.data import PAD, Dataset, row_owners
@@ -46,12 +47,11 @@ OBJECTIVES = ("aap", "mip", "map", "sp")
 
 @dataclass
 class PretrainConfig:
-    aap_weight: float = field(default=0.2, metadata={"help": "pretrain: item -> attributes"})
-    mip_weight: float = field(default=1.0, metadata={"help": "pretrain: masked item prediction"})
-    map_weight: float = field(default=1.0, metadata={"help": "pretrain: masked attribute prediction"})
-    sp_weight: float = field(default=0.5, metadata={"help": "pretrain: segment prediction"})
-    mask_prob: float = field(default=0.2, metadata={"help": "pretrain: share of items masked (at least one per "
-                                                            "sequence)"})
+    aap_weight: float = setting(0.2, "pretrain: item -> attributes", ge=0)
+    mip_weight: float = setting(1.0, "pretrain: masked item prediction", ge=0)
+    map_weight: float = setting(1.0, "pretrain: masked attribute prediction", ge=0)
+    sp_weight: float = setting(0.5, "pretrain: segment prediction", ge=0)
+    mask_prob: float = setting(0.2, "pretrain: share of items masked (at least one per sequence)", gt=0, le=1)
 
     def weights(self) -> dict:
         return {name: float(getattr(self, f"{name}_weight")) for name in OBJECTIVES}

@@ -55,14 +55,30 @@ def _require_columns(df: pd.DataFrame, cols, path: Path) -> None:
         raise InputError(f"{path}: no data rows")
 
 
+INT64_MAX = np.iinfo(np.int64).max
+FLOAT_EXACT = 2 ** 53  # every integer up to this has an exact float64
+
+
 def int_column(values, path: Path, col: str, first_row: int = 2) -> np.ndarray:
-    """Column as int64, or an error naming the first bad row (file line numbers, header = 1)."""
+    """Column as int64, or an error naming the first bad row (file line numbers, header = 1): a value that is
+    not integral, that int64 cannot hold, or that was read as a float beyond 2**53 (where floats skip
+    integers, so the id it names is not certain)."""
     s = pd.Series(values)
+    if s.dtype == np.int64:
+        return s.to_numpy()
     num = pd.to_numeric(s, errors="coerce")
     bad = num.isna() | (num != np.floor(num.fillna(0)))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise InputError(f"{path}: row {i + first_row}, column '{col}': expected an integer id, got {s.iloc[i]!r}")
+    limit = FLOAT_EXACT if num.dtype.kind == "f" else INT64_MAX
+    big = (num.abs() > limit) if num.dtype.kind != "u" else (num > INT64_MAX)
+    if big.any():
+        i = int(np.flatnonzero(big.to_numpy())[0])
+        why = ("is beyond the range of int64" if num.dtype.kind != "f" or abs(float(num.iloc[i])) >= 2.0 ** 63
+               else "was read as a float (the column has values such as 5.0) and is too long to be exact; write every "
+                    "id as a plain integer")
+        raise InputError(f"{path}: row {i + first_row}, column '{col}': id {s.iloc[i]} {why}")
     return num.to_numpy().astype(np.int64)
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.config import setting
 from common.data import Dataset, pad_rows, row_owners
 from common.metrics import all_metrics
 from common.model import SASRec
@@ -61,16 +62,14 @@ def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0) -> torch.Tenso
 
 @dataclass
 class EASEArgs:
-    l2: float = field(default=500.0, metadata={"help": "EASE: L2 weight on the item-item matrix"})
-    window: int = field(default=0, metadata={"help": "EASE: count two items together only when at most this many "
-                                                     "steps apart in a user's history (0: anywhere)"})
-    window_tau: float = field(default=20.0, metadata={"help": "EASE: --window pairs d steps apart weigh "
-                                                              "exp(-(d - 1) / window_tau)"})
-    diag_power: float = field(default=1.0, metadata={"help": "EASE: B = -P / diag(P)^diag_power; below 1 "
-                                                             "lifts rarer items"})
-    recency: float = field(default=0.0, metadata={"help": "EASE: extra weight of recent items when scoring "
-                                                          "(1 + recency * exp(-steps back / recency_tau))"})
-    recency_tau: float = field(default=10.0, metadata={"help": "EASE: decay of --recency, in items"})
+    l2: float = setting(500.0, "EASE: L2 weight on the item-item matrix", gt=0)
+    window: int = setting(0, "EASE: count two items together only when at most this many steps apart in a "
+                             "user's history (0: anywhere)", ge=0)
+    window_tau: float = setting(20.0, "EASE: --window pairs d steps apart weigh exp(-(d - 1) / window_tau)", gt=0)
+    diag_power: float = setting(1.0, "EASE: B = -P / diag(P)^diag_power; below 1 lifts rarer items", ge=0)
+    recency: float = setting(0.0, "EASE: extra weight of recent items when scoring "
+                                  "(1 + recency * exp(-steps back / recency_tau))", ge=0)
+    recency_tau: float = setting(10.0, "EASE: decay of --recency, in items", gt=0)
 
     def fit_args(self) -> dict:
         return {"l2": self.l2, "window": self.window, "window_tau": self.window_tau, "diag_power": self.diag_power}

@@ -44,6 +44,10 @@ class RerankConfig:
     max_leaf_nodes: int = 7
     min_samples_leaf: int = 200
     l2_regularization: float = 1.0
+    # pairs one classifier learns from: every answer pair, plus a uniform sample of the other pairs up to
+    # this count (0: all). Within a user the order of the learned scores is what counts, and dropping
+    # negatives at random only shifts their log-odds by a constant.
+    max_pairs: int = 1_000_000
     recent_share: float = 0.1
     near_window: int = 50
     seed: int = 0
@@ -139,9 +143,19 @@ def labels(c: Candidates, ds: Dataset) -> np.ndarray:
     return np.isin(c.users * (ds.n_items + 1) + c.items, answer).astype(np.int8)
 
 
+def learning_rows(y: np.ndarray, rows: np.ndarray, max_pairs: int, seed: int) -> np.ndarray:
+    """`rows` cut to at most `max_pairs` (0: no cut): all positive rows, then negatives drawn uniformly."""
+    if max_pairs == 0 or len(rows) <= max_pairs:
+        return rows
+    pos, neg = rows[y[rows] == 1], rows[y[rows] == 0]
+    keep = np.random.default_rng(seed).choice(len(neg), size=max(max_pairs - len(pos), 0), replace=False)
+    return np.sort(np.concatenate([pos, neg[keep]]))
+
+
 def fit(c: Candidates, y: np.ndarray, cfg: RerankConfig, rows: np.ndarray | None = None):
-    """A classifier of the answers among the candidate pairs (`rows`: a subset to learn from)."""
-    rows = np.arange(len(y)) if rows is None else rows
+    """A classifier of the answers among the candidate pairs (`rows`: a subset to learn from, cut to
+    `cfg.max_pairs`)."""
+    rows = learning_rows(y, np.arange(len(y)) if rows is None else rows, cfg.max_pairs, cfg.seed)
     model = HistGradientBoostingClassifier(max_iter=cfg.max_iter, learning_rate=cfg.learning_rate,
                                            max_leaf_nodes=cfg.max_leaf_nodes, min_samples_leaf=cfg.min_samples_leaf,
                                            l2_regularization=cfg.l2_regularization, early_stopping=False,

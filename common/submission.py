@@ -44,11 +44,17 @@ def read_ranked(path: Path, with_scores: bool = False) -> pd.DataFrame:
         raise InputError(f"{path}: no rows")
     out = pd.DataFrame({"user": int_column(df["user"], path, "user"), "item": int_column(df["item"], path, "item")})
     if with_scores:
-        score = pd.to_numeric(df["score"], errors="coerce")
-        if score.isna().any():
-            raise InputError(f"{path}: row {int(np.flatnonzero(score.isna())[0]) + 2}, column 'score': not a number")
-        out["score"] = score.to_numpy(np.float64)
+        score = pd.to_numeric(df["score"], errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(score)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{path}: row {i + 2}, column 'score': {df['score'].iat[i]!r} is not a finite number")
+        out["score"] = score
         out["rank"] = int_column(df["rank"], path, "rank")
+    dup = out.duplicated(["user", "item"]).to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise InputError(f"{path}: row {i + 2}: user {out['user'].iat[i]}, item {out['item'].iat[i]} is listed twice")
     return out
 
 

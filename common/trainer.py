@@ -35,28 +35,29 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from common.config import setting
 from common.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from common.data import Dataset
-from common.io import InputError, append_jsonl, keep_epochs_before
+from common.io import InputError, Interrupted, append_jsonl, keep_epochs_before
 from common.utils import optimizer_step
 
 
 @dataclass
 class TrainerConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    ema: float = field(default=0.0, metadata={"help": "evaluate and save an exponential moving average of the "
-                                                      "weights with this decay per step (0: off)"})
-    batch_size: int = 256
-    epochs: int = field(default=200, metadata={"help": "maximum epochs (fixed count without a hold-out)"})
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(0.0, ge=0)
+    ema: float = setting(0.0, "evaluate and save an exponential moving average of the weights with this decay per "
+                              "step (0: off)", ge=0, lt=1)
+    batch_size: int = setting(256, ge=1)
+    epochs: int = setting(200, "maximum epochs (fixed count without a hold-out)", ge=1)
     select: str = field(default="best", metadata={"choices": ("best", "last"), "help": "best: keep the best-scoring "
                                                   "epoch and stop early; last: train --epochs, read no answers"})
-    patience: int = field(default=10, metadata={"help": "epochs without a better Recall@k before stopping"})
-    k: int = 10
-    eval_batch_size: int = 1024
-    seed: int = 42
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    threads: int = field(default=0, metadata={"help": "CPU threads (0: one per core)"})
+    patience: int = setting(10, "epochs without a better Recall@k before stopping", ge=1)
+    k: int = setting(10, ge=1)
+    eval_batch_size: int = setting(1024, ge=1)
+    seed: int = setting(42, ge=0)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    threads: int = setting(0, "CPU threads (0: one per core)", ge=0)
     resume: bool = field(default=False, metadata={"help": "continue the run from its last.pt"})
     progress: bool = field(default=True, metadata={"help": "show tqdm bars"})
 
@@ -129,45 +130,51 @@ class Trainer:
                             best_score=best_score, extra={**resume, **saved})
 
         print(f"{task.describe()}, device {self.device}")
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.time()
-            model.train()
-            total, steps, parts = 0.0, 0, {}
-            bar = tqdm(task.batches(epoch), desc=f"{task.label}epoch {epoch}", disable=not cfg.progress, leave=False)
-            for batch in bar:
-                loss = task.loss(batch)
-                loss, named = loss if isinstance(loss, tuple) else (loss, {})
-                where = f"{task.label}epoch {epoch} step {steps}" + (f" ({json.dumps(named)})" if named else "")
-                value = optimizer_step(opt, loss, where, best_path)
-                if ema:
-                    ema.update_parameters(model)
-                total, steps = total + value, steps + 1
-                for name, v in named.items():  # a part that is never computed (None) stays None
-                    if v is None:
-                        parts.setdefault(name, None)
+        epoch = start_epoch
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.time()
+                model.train()
+                total, steps, parts = 0.0, 0, {}
+                bar = tqdm(task.batches(epoch), desc=f"{task.label}epoch {epoch}", disable=not cfg.progress,
+                           leave=False)
+                for batch in bar:
+                    loss = task.loss(batch)
+                    loss, named = loss if isinstance(loss, tuple) else (loss, {})
+                    where = f"{task.label}epoch {epoch} step {steps}" + (f" ({json.dumps(named)})" if named else "")
+                    value = optimizer_step(opt, loss, where, best_path)
+                    if ema:
+                        ema.update_parameters(model)
+                    total, steps = total + value, steps + 1
+                    for name, v in named.items():  # a part that is never computed (None) stays None
+                        if v is None:
+                            parts.setdefault(name, None)
+                        else:
+                            parts[name] = (parts.get(name) or 0.0) + v
+                    bar.set_postfix(loss=f"{total / steps:.4f}")
+                record = {"epoch": epoch, "loss": total / max(steps, 1),
+                          **{name: None if s is None else s / max(steps, 1) for name, s in parts.items()}}
+                improved = not scored
+                if scored:
+                    record["answers"] = ds.split
+                    record.update(task.evaluate(kept))
+                    score = record[f"recall@{cfg.k}"]
+                    improved = score > best
+                    if improved:
+                        best, best_epoch, bad_epochs = score, epoch, 0
                     else:
-                        parts[name] = (parts.get(name) or 0.0) + v
-                bar.set_postfix(loss=f"{total / steps:.4f}")
-            record = {"epoch": epoch, "loss": total / max(steps, 1),
-                      **{name: None if s is None else s / max(steps, 1) for name, s in parts.items()}}
-            improved = not scored
-            if scored:
-                record["answers"] = ds.split
-                record.update(task.evaluate(kept))
-                score = record[f"recall@{cfg.k}"]
-                improved = score > best
+                        bad_epochs += 1
+                record["seconds"] = round(time.time() - t0, 3)
+                append_jsonl(metrics_path, record)
+                print(format_record(record))
                 if improved:
-                    best, best_epoch, bad_epochs = score, epoch, 0
-                else:
-                    bad_epochs += 1
-            record["seconds"] = round(time.time() - t0, 3)
-            append_jsonl(metrics_path, record)
-            print(format_record(record))
-            if improved:
-                save(best_path, epoch, best if scored else None, record)
-            save(last_path, epoch, best, record)
-            if scored and bad_epochs >= cfg.patience:
-                print(f"no better recall@{cfg.k} for {cfg.patience} epochs: stopping")
-                break
+                    save(best_path, epoch, best if scored else None, record)
+                save(last_path, epoch, best, record)
+                if scored and bad_epochs >= cfg.patience:
+                    print(f"no better recall@{cfg.k} for {cfg.patience} epochs: stopping")
+                    break
+        except KeyboardInterrupt:
+            saved = "continue with --resume" if last_path.exists() else "no epoch had finished; run it again"
+            raise Interrupted(f"interrupted at epoch {epoch}; {saved}") from None
         if scored:
             print(f"best recall@{cfg.k} ({ds.answers_label} answers) {best:.4f} at epoch {best_epoch}")

@@ -28,9 +28,18 @@ def pick_device(name: str = "auto", threads: int = 0):
     import torch
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not (torch.cuda.is_available()
+                                      and (device.index or 0) < torch.cuda.device_count()):
+        raise InputError(f"--device {name}: no such CUDA device on this machine; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "cpu":
         torch.set_num_threads(threads or os.cpu_count() or 1)
-    return torch.device(name)
+    return device
 
 
 def optimizer_step(opt, loss, where: str, kept) -> float:

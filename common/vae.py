@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.config import setting
 from common.data import Dataset
 from common.recommend import RecommenderTask, restored
 from common.trainer import Lazy
@@ -34,15 +35,14 @@ WIDE_LOGVAR = 10.0
 
 @dataclass
 class VAEArgs:
-    n_items: int = field(default=0, metadata={"flag": False})
-    vae_hidden: int = 600  # width of the hidden layers
-    latent: int = 200  # size of z
-    input_dropout: float = field(default=0.5, metadata={"help": "multvae/recvae: dropout on the input row"})
-    beta: float = field(default=0.2, metadata={"help": "multvae: largest KL weight"})
-    anneal_steps: int = field(default=200000, metadata={"help": "multvae: KL weight = min(beta, step / "
-                                                                "anneal_steps)"})
-    gamma: float = field(default=0.005, metadata={"help": "recvae: KL weight per item of the user"})
-    enc_passes: int = field(default=3, metadata={"help": "recvae: encoder passes per decoder pass in an epoch"})
+    n_items: int = setting(0, flag=False)
+    vae_hidden: int = setting(600, "multvae/recvae: width of the hidden layers", ge=1)
+    latent: int = setting(200, "multvae/recvae: size of z", ge=1)
+    input_dropout: float = setting(0.5, "multvae/recvae: dropout on the input row", ge=0, lt=1)
+    beta: float = setting(0.2, "multvae: largest KL weight", ge=0)
+    anneal_steps: int = setting(200000, "multvae: KL weight = min(beta, step / anneal_steps)", ge=1)
+    gamma: float = setting(0.005, "recvae: KL weight per item of the user", ge=0)
+    enc_passes: int = setting(3, "recvae: encoder passes per decoder pass in an epoch", ge=1)
 
 
 def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -157,3 +157,15 @@ def test_cross_fit_scores_each_half_with_the_other_halfs_model(split, tmp_path):
     metrics, importance = rerank.cross_fit(c, ds, cfg, 3)
     assert 0 <= metrics["recall@3"] <= 1
     assert sorted(r["feature"] for r in importance) == sorted(c.names)
+
+
+def test_learning_rows_keep_every_answer_and_cut_the_rest_to_max_pairs():
+    y = np.zeros(1000, dtype=np.int8)
+    y[[3, 50, 400, 999]] = 1
+    rows = np.arange(100, 1000)  # answers 400 and 999 inside
+    kept = rerank.learning_rows(y, rows, 50, seed=0)
+    assert len(kept) == 50 and len(np.unique(kept)) == 50 and np.all(np.diff(kept) > 0)
+    assert set(kept.tolist()) <= set(rows.tolist()) and {400, 999} <= set(kept.tolist())
+    assert np.array_equal(kept, rerank.learning_rows(y, rows, 50, seed=0))
+    assert np.array_equal(rerank.learning_rows(y, rows, 0, seed=0), rows)
+    assert np.array_equal(rerank.learning_rows(y, rows, 5000, seed=0), rows)
