@@ -53,6 +53,8 @@ def main():
     if n > ds.n_items:
         raise InputError(f"--k/--candidates {n} exceeds the {ds.n_items} items of {ds.root}")
     run = ckpt_path.parent.name + (".valid" if cfg.split == "valid" else "")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # before the scoring: an unusable path fails at once
     device = pick_device(cfg.device, cfg.threads)
     rec = build_recommender(ckpt, ds, device)
 
@@ -65,7 +67,6 @@ def main():
     if short.any():
         u = int(np.flatnonzero(short)[0])
         raise InputError(f"{ds.root}: user {ds.user_raw[u]} has fewer than {cfg.k} unseen items; lower --k")
-    out = Path(cfg.out_dir)
     sub_path = out / f"{run}.csv"
     write_ranked(sub_path, ds.user_raw, ds.item_raw[ids[:, :cfg.k]])
     wrote = [str(sub_path)]

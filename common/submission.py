@@ -54,7 +54,7 @@ def read_ranked(path: Path, with_scores: bool = False) -> pd.DataFrame:
     dup = out.duplicated(["user", "item"]).to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
-        raise InputError(f"{path}: row {i + 2}: user {out['user'].iat[i]}, item {out['item'].iat[i]} is listed twice")
+        raise InputError(f"{path}: row {i + 2}: user {out['user'].iat[i]}, item {out['item'].iat[i]} is repeated (listed twice)")
     return out
 
 

@@ -756,11 +756,3 @@ def test_failed_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         write_npz(tmp_path / "x.npz", a=np.arange(3))
     assert leftover_tmp_files(tmp_path) == []
-
-
-def test_build_dataset_failing_midway_leaves_no_temporary_file(tmp_path):
-    out = tmp_path / "out"
-    (out / "answers.csv").mkdir(parents=True)  # written after the npz files: the build fails there
-    with pytest.raises(OSError):
-        build_dataset(random_raw(), out)
-    assert leftover_tmp_files(out) == []
