@@ -237,7 +237,7 @@ def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random
         _write_answers(out / "answers.csv", user_raw, item_raw, users[answer], items[answer])
         _write_answers(out / "valid_answers.csv", user_raw, item_raw, tr_users[valid], tr_items[valid])
         summary = BuildSummary(
-            n_users=len(user_raw), n_items=len(item_raw) - 1, n_interactions=len(users),
+            n_users=n_users, n_items=len(item_raw_real), n_interactions=len(users),
             n_train=int((~answer).sum()), n_holdout=int(answer.sum()),
             n_holdout_users=int((np.diff(ho_indptr) > 0).sum()), n_valid=int(valid.sum()),
             n_valid_users=int((np.diff(va_indptr) > 0).sum()), duplicates_dropped=n_dup,

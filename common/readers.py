@@ -71,8 +71,7 @@ def int_column(values, path: Path, col: str, first_row: int = 2) -> np.ndarray:
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise InputError(f"{path}: row {i + first_row}, column '{col}': expected an integer id, got {s.iloc[i]!r}")
-    limit = FLOAT_EXACT if num.dtype.kind == "f" else INT64_MAX
-    big = (num.abs() > limit) if num.dtype.kind != "u" else (num > INT64_MAX)
+    big = num.abs() > (FLOAT_EXACT if num.dtype.kind == "f" else INT64_MAX)
     if big.any():
         i = int(np.flatnonzero(big.to_numpy())[0])
         why = ("is beyond the range of int64" if num.dtype.kind != "f" or abs(float(num.iloc[i])) >= 2.0 ** 63

@@ -154,7 +154,7 @@ def check_config(cfg: TrainConfig, ds: Dataset) -> None:
     """Refuse settings that this dataset cannot train, in one line (bounds and relations between settings
     are declared with the settings and checked when the flags are read)."""
     o = cfg.objective
-    if cfg.objective.history == "holdout" and len(holdout_users(ds.indptr, o.holdout_last, o.holdout_random)) == 0:
+    if o.history == "holdout" and len(holdout_users(ds.indptr, o.holdout_last, o.holdout_random)) == 0:
         raise InputError(f"{ds.root}: no user has the {o.holdout_last + o.holdout_random + MIN_INPUT} training "
                          "items a simulated hidden set needs; lower --holdout-last/--holdout-random")
     if cfg.trainer.k > ds.n_items:

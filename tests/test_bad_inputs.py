@@ -303,16 +303,26 @@ def test_no_case_leaves_a_file_behind(results):
     assert changed == []
 
 
-def test_ctrl_c_during_training_says_how_to_continue(tmp_path):
-    raw = write_raw(tmp_path / "raw")
-    build_dataset(read_raw(raw), tmp_path / "d", 2, 2, seed=0, name="d")
+def start_training(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen, list[str], Path]:
+    """02_train.py started in the background on a fresh small dataset: (process, its flags, its run folder)."""
+    build_dataset(read_raw(write_raw(tmp_path / "raw")), tmp_path / "d", 2, 2, seed=0, name="d")
     common = ["02_train.py", "--data", str(tmp_path / "d"), "--hidden", "8", "--max-len", "10", "--run-name", "r",
-              "--select", "last", "--no-progress", "--threads", "1"]
-    p = subprocess.Popen([sys.executable, *common, "--epochs", "100000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_script_env())
-    last = tmp_path / "d" / "runs" / "r" / "last.pt"
+              "--no-progress", "--threads", "1", *flags]
+    p = subprocess.Popen([sys.executable, *common], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=_script_env())
+    return p, common, tmp_path / "d" / "runs" / "r"
+
+
+def wait_for(path: Path, p: subprocess.Popen, poll: float) -> None:
     deadline = time.time() + 120
-    while not last.exists() and time.time() < deadline and p.poll() is None:
-        time.sleep(0.1)
+    while not path.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(poll)
+
+
+def test_ctrl_c_during_training_says_how_to_continue(tmp_path):
+    p, common, run = start_training(tmp_path, "--select", "last", "--epochs", "100000")  # the resume's --epochs wins
+    last = run / "last.pt"
+    wait_for(last, p, 0.1)
     assert last.exists(), p.communicate()
     time.sleep(0.3)
     p.send_signal(signal.SIGINT)
@@ -321,22 +331,15 @@ def test_ctrl_c_during_training_says_how_to_continue(tmp_path):
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted at epoch ") and "continue with --resume" in lines[0]
-    assert not list(last.parent.glob(".*.tmp"))
+    assert not list(run.glob(".*.tmp"))
     epoch = int(lines[0].split()[3].rstrip(";"))
     resumed = run_script(*common, "--epochs", str(epoch + 1), "--resume")
     assert resumed.returncode == 0 and f"resuming r at epoch {epoch}" in resumed.stdout, describe(resumed)
 
 
 def test_ctrl_c_before_the_first_epoch_leaves_no_run_folder(tmp_path):
-    raw = write_raw(tmp_path / "raw")
-    build_dataset(read_raw(raw), tmp_path / "d", 2, 2, seed=0, name="d")
-    argv = [sys.executable, "02_train.py", "--data", str(tmp_path / "d"), "--hidden", "8", "--max-len", "10",
-            "--run-name", "r", "--no-progress", "--threads", "1", "--batch-size", "1"]
-    p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_script_env())
-    run = tmp_path / "d" / "runs" / "r"
-    deadline = time.time() + 120
-    while not (run / "config.json").exists() and time.time() < deadline and p.poll() is None:
-        time.sleep(0.02)
+    p, _, run = start_training(tmp_path, "--batch-size", "1")
+    wait_for(run / "config.json", p, 0.02)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err, (out, err)
