@@ -14,13 +14,17 @@ the model trains on the training part without them; --split test trains on the w
 chooses on the test answers (printed as such). --select last trains exactly --epochs and reads no answers:
 the mode for a refit with an epoch count chosen earlier. Without a hold-out, training runs a fixed --epochs.
 config.json holds the resolved settings, one group per part (sasrec, ease, objective, pretrain, trainer).
+Data-parallel: `torchrun --nproc_per_node N 02_train.py ...` (NCCL on GPUs, gloo on CPU; see
+common.distributed). --batch-size stays the global batch; rank 0 writes the run.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from common.config import parse_config, save_config
 from common.data import Dataset
+from common.distributed import local_device, setup, teardown
 from common.io import read_json, run_main
 from common.training import PRESETS, TrainConfig, check_config, fit, run_folder, run_name
 from common.utils import pick_device, set_seed
@@ -33,10 +37,14 @@ def main():
         cfg.split = "valid" if read_json(Path(cfg.data) / "meta.json").get("validation") else "test"
     ds = Dataset(Path(cfg.data), cfg.split)
     check_config(cfg, ds)
-    device = pick_device(cfg.trainer.device, cfg.trainer.threads)
-    with run_folder(ds.root / "runs" / run_name(cfg, ds)) as out:
-        save_config(cfg, out / "config.json")
-        fit(cfg, ds, out, device)
+    device = pick_device(local_device(cfg.trainer.device), cfg.trainer.threads)
+    world = setup(device)
+    out = ds.root / "runs" / run_name(cfg, ds)
+    with run_folder(out) if world.main else nullcontext(out):  # rank 0 alone writes
+        if world.main:
+            save_config(cfg, out / "config.json")
+        fit(cfg, ds, out, device, world)
+    teardown(world)
     print(f"wrote {out}/ (checkpoint.pt, config.json, metrics.jsonl); trained on the {ds.split} split's training part")
 
 

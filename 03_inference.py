@@ -6,6 +6,7 @@ The input is each user's training sequence: the whole history for data preproces
 --no-holdout (final submission), the training part otherwise, scored against the test answers.
 --split valid reads the training part without the validation answers and scores against those
 (files <run>.valid.csv, <run>.valid.top<N>.csv): the candidates for choosing blend weights.
+Each file gets a <file>.source.json naming the data it was made on; 04 and 05 refuse it on other data.
 """
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import parse_config, save_config, setting
+from common.config import config_json, parse_config, setting
 from common.data import SPLITS, Dataset
-from common.io import InputError, run_main
+from common.io import InputError, run_main, staged_files
 from common.metrics import all_metrics
 from common.checkpoint import check_dataset_matches, load_checkpoint
 from common.recommend import build_recommender, top_k
-from common.submission import write_ranked
+from common.submission import data_source, source_path, write_ranked
 from common.utils import pick_device
 
 
@@ -68,20 +69,23 @@ def main():
         u = int(np.flatnonzero(short)[0])
         raise InputError(f"{ds.root}: user {ds.user_raw[u]} has fewer than {cfg.k} unseen items; lower --k")
     sub_path = out / f"{run}.csv"
-    write_ranked(sub_path, ds.user_raw, ds.item_raw[ids[:, :cfg.k]])
-    wrote = [str(sub_path)]
-    if cfg.candidates:
-        cand_path = out / f"{run}.top{cfg.candidates}.csv"
-        write_ranked(cand_path, ds.user_raw, ds.item_raw[ids[:, :cfg.candidates]], scores[:, :cfg.candidates])
-        wrote.append(str(cand_path))
-    save_config(cfg, out / f"{run}.inference.json")
+    source = data_source(ds, "03_inference.py")
+    wrote = [sub_path, source_path(sub_path)]
+    with staged_files() as stage:  # all files appear together, or none
+        write_ranked(sub_path, ds.user_raw, ds.item_raw[ids[:, :cfg.k]], source=source, stage=stage)
+        if cfg.candidates:
+            cand_path = out / f"{run}.top{cfg.candidates}.csv"
+            write_ranked(cand_path, ds.user_raw, ds.item_raw[ids[:, :cfg.candidates]], scores[:, :cfg.candidates],
+                         source=source, stage=stage)
+            wrote += [cand_path, source_path(cand_path)]
+        stage(out / f"{run}.inference.json").write_text(config_json(cfg))
     print(f"scored {ds.n_users:,} users x {ds.n_items:,} items in {seconds:.1f}s")
     if ds.has_holdout:
         ev = ds.eval_users()
         metrics = all_metrics(ids[ev, :cfg.k], ds.answers_padded(ev), cfg.k)
         print(json.dumps({"run": run, "dataset": ds.name, "answers": ds.split,
                           **{k: round(v, 5) for k, v in metrics.items()}}))
-    print(f"wrote {', '.join(wrote)}")
+    print(f"wrote {', '.join(map(str, wrote))} and {run}.inference.json")
 
 
 if __name__ == "__main__":

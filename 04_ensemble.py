@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from common.blend import METHODS, NORMS, RRF_C, blend_top_k, contribution_matrix, load_inputs
-from common.config import parse_config, save_config, setting
+from common.config import config_json, parse_config, setting
 from common.data import SPLITS, Dataset
-from common.io import InputError, run_main
+from common.io import InputError, run_main, staged_files
 from common.metrics import all_metrics
-from common.submission import write_ranked
+from common.submission import data_source, source_path, write_ranked
 
 
 @dataclass
@@ -88,16 +88,17 @@ def main():
         raise InputError(f"{paths[0]}: some users with hold-out answers in {ds.root} are missing")
     top = blend_top_k(pu, pi, np.asarray(weights) @ C, ds, cfg.k, users)
     out = Path(cfg.out)
-    write_ranked(out, ds.user_raw[users], ds.item_raw[top])
     cfg.weights = list(weights)
-    save_config(cfg, out.with_suffix(".json"))
+    with staged_files() as stage:
+        write_ranked(out, ds.user_raw[users], ds.item_raw[top], source=data_source(ds, "04_ensemble.py"), stage=stage)
+        stage(out.with_suffix(".json")).write_text(config_json(cfg))
     if ds.has_holdout:
         ev = ds.eval_users()
         rows = np.searchsorted(users, ev)
         metrics = all_metrics(top[rows], ds.answers_padded(ev), cfg.k)
         print(json.dumps({"blend": str(out), "weights": list(weights), "answers": ds.split,
                           **{k: round(v, 5) for k, v in metrics.items()}}))
-    print(f"wrote {out} ({len(users):,} users x {cfg.k} items) and {out.with_suffix('.json')}")
+    print(f"wrote {out} ({len(users):,} users x {cfg.k} items), {source_path(out)} and {out.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from common.config import parse_config, setting
 from common.data import SPLITS, Dataset, pad_rows
 from common.io import InputError, run_main
 from common.metrics import all_metrics
-from common.submission import read_answers, read_ranked, submission_matrix
+from common.submission import check_source, read_answers, read_ranked, submission_matrix
 
 
 @dataclass
@@ -39,6 +39,7 @@ def main():
     ans_indptr, ans_items = read_answers(answers_path, ds)
     answered = np.flatnonzero(np.diff(ans_indptr) > 0)
     sub_path = Path(cfg.submission)
+    check_source(sub_path, ds)
     users, mat = submission_matrix(read_ranked(sub_path), ds, sub_path, cfg.k, required_users=answered)
     rows = np.searchsorted(users, answered)
     metrics = all_metrics(mat[rows], pad_rows(ans_indptr, ans_items, answered), cfg.k)

@@ -30,7 +30,7 @@ from common.pipeline import (Runner, blend_runs, refit_flags, rerank_candidates,
 from common.readers import FORMATS
 from common.recipe import TUNE, load_recipe
 from common.report import write_report
-from common.submission import write_ranked
+from common.submission import data_source, write_ranked
 from common.utils import set_seed
 
 
@@ -139,7 +139,8 @@ def main():
         else:
             users, top, _ = blend_runs(recipe, final_runs, weights, full_ds, kept)
         final_file = out_dir / f"{name}-final.csv"
-        write_ranked(final_file, full_ds.user_raw[users], full_ds.item_raw[top])
+        write_ranked(final_file, full_ds.user_raw[users], full_ds.item_raw[top],
+                     source=data_source(full_ds, "06_submission.py"))
     else:
         print("4/5 skipped (--no-final)")
 

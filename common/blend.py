@@ -16,7 +16,7 @@ import pandas as pd
 
 from common.data import Dataset
 from common.io import InputError
-from common.submission import read_ranked, seen_mask, to_dense
+from common.submission import check_source, read_ranked, seen_mask, to_dense
 
 METHODS = ("rrf", "borda", "score")
 NORMS = ("minmax", "zscore")
@@ -29,6 +29,7 @@ def load_inputs(paths: list[Path], ds: Dataset, method: str) -> list[pd.DataFram
         raise InputError("no input files given")
     frames, first_users = [], None
     for path in paths:
+        check_source(path, ds)
         df = read_ranked(path, with_scores=(method == "score"))
         users, items = to_dense(df, ds, path)
         seen = seen_mask(ds, users, items)

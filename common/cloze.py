@@ -25,6 +25,7 @@ from common.losses import ce_loss
 from common.model import SASRec, SASRecArgs
 from common.recommend import RecommenderTask, SASRecRecommender, restored
 from common.trainer import Lazy
+from common.utils import to_device
 
 
 @dataclass
@@ -113,7 +114,7 @@ class ClozeTask(RecommenderTask):
         _, seq, user = gather_windows(self.ds.indptr, self.ds.items, ends, self.args.max_len)  # seq = window items
         seq = seq[:, int(np.argmax((seq != PAD).any(axis=0))):]  # drop columns that are padding in every row
         mask = cloze_masks(seq, self.cfg.cloze.cloze_prob, self.cfg.cloze.cloze_end, self.rng)
-        return {k: torch.from_numpy(v).to(self.device) for k, v in {"seq": seq, "mask": mask, "user": user}.items()}
+        return to_device({"seq": seq, "mask": mask, "user": user}, self.device)
 
     def loss(self, batch: dict) -> torch.Tensor:
         return cloze_loss(self.module, batch)

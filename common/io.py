@@ -1,6 +1,7 @@
 """File helpers: atomic writes, one error type for bad input, and a script entry guard."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -21,20 +22,42 @@ class InputError(Exception):
     """A user's input is wrong. The message is one line naming the file, column or row."""
 
 
+class Stage:
+    """Hands out temporary paths beside their targets; `staged_files` renames them all onto the targets."""
+
+    def __init__(self):
+        self.moves: list[tuple[Path, Path]] = []
+
+    def __call__(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes owner-only files; use the usual permissions
+        self.moves.append((Path(tmp), path))
+        return Path(tmp)
+
+
+@contextmanager
+def staged_files():
+    """Write several files as a unit: each `stage(path)` is a temporary path beside `path`; when the
+    block succeeds all are renamed onto their targets, when it fails all are removed (old files stay)."""
+    stage = Stage()
+    try:
+        yield stage
+        for tmp, path in stage.moves:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in stage.moves:
+            if tmp.exists():
+                tmp.unlink()
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes owner-only files; use the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with staged_files() as stage:
+        yield stage(path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -42,8 +65,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         Path(tmp).write_text(text)
 
 
+def json_text(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json_text(obj))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: Path):

@@ -24,6 +24,7 @@ from common.model import SASRec, SASRecArgs
 from common.pretrain import load_pretrained_encoder
 from common.recommend import RecommenderTask, SASRecRecommender, restored
 from common.trainer import Lazy
+from common.utils import to_device
 
 
 @dataclass
@@ -44,18 +45,22 @@ class ObjectiveConfig:
 
 def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     """Loss over the non-padded target positions of a batch {input, target, future?, exclude?,
-    negatives | shared, log_q?}. `exclude` [B, E] lists items a full softmax leaves out for row b's targets."""
+    negatives | shared, log_q?, positions?}. `exclude` [B, E] lists items a full softmax leaves out for row b's
+    targets. `positions` [N] are the flat indices of the target positions (row * L + column), found on the
+    host so that the step never waits for the device; without it they are found here."""
     spec = LOSSES[loss_name]
     h = model(batch["input"])  # [B, L, H]
-    mask = batch["target"] != 0  # [B, L]
-    h, target = h[mask], batch["target"][mask]  # [N, H], [N]
-    future = batch["future"][mask] if "future" in batch else None  # [N, K] next K items, 0 = none
+    B, L, H = h.shape
+    positions = batch.get("positions")
+    if positions is None:
+        positions = (batch["target"] != 0).flatten().nonzero()[:, 0]
+    h, target = h.reshape(B * L, H)[positions], batch["target"].reshape(B * L)[positions]  # [N, H], [N]
+    future = batch["future"].reshape(B * L, -1)[positions] if "future" in batch else None  # [N, K] next K, 0 = none
     if spec.kind == "full":
         logits = model.score_all(h)  # [N, V]
-        logits = logits.index_fill(1, torch.tensor([0], device=h.device), -math.inf)
+        logits[:, 0] = -math.inf  # padding is never an answer (the product's backward does not read it)
         if "exclude" in batch:  # the items the row reads: never an answer, as at inference
-            rows = mask.nonzero(as_tuple=True)[0]  # [N] the row of each target position
-            logits = logits.scatter(1, batch["exclude"][rows], -math.inf)
+            logits = logits.scatter(1, batch["exclude"][positions // L], -math.inf)
         return spec.fn(logits, target if future is None else future)
     if future is not None:  # one (position, future item) pair per target, in row-major order
         rows, k = torch.nonzero(future, as_tuple=True)
@@ -120,10 +125,10 @@ def make_batch(ds: Dataset, examples: np.ndarray, sampler: NegativeSampler, cfg,
         batch["negatives"] = sampler.sample(users_per_target, (o.negatives,))  # [N or P, M]
     elif kind == "shared":
         batch["shared"] = sampler.shared(o.negatives, o.sampled_dist)  # [M]
-    batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
+    batch["positions"] = np.flatnonzero(mask)  # [N] row * L + column of each target
     if kind == "shared" and o.logq:
-        batch["log_q"] = torch.from_numpy(sampler.log_q(o.sampled_dist)).to(device)  # [V]
-    return batch
+        batch["log_q"] = sampler.log_q(o.sampled_dist)  # [V]
+    return to_device(batch, device)
 
 
 class NextItemTask(RecommenderTask):

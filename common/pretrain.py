@@ -41,6 +41,7 @@ from common.io import InputError
 from common.losses import attribute_loss, bilinear_bce_loss
 from common.model import SASRec, SASRecArgs
 from common.trainer import Lazy, Trainer, TrainerConfig
+from common.utils import to_device
 
 OBJECTIVES = ("aap", "mip", "map", "sp")
 
@@ -210,6 +211,7 @@ def make_pretrain_batch(ds: Dataset, ends: np.ndarray, rng: np.random.Generator,
 class PretrainTask:
     """The pretrainer as a task of the one trainer (common.trainer): full windows, no answers read."""
     stage, label = "pretrain", "pretraining "
+    unused_parameters = True  # an objective weighted 0 leaves its head untrained
 
     def __init__(self, cfg: PretrainConfig, ds: Dataset, args: SASRecArgs, rng: np.random.Generator,
                  device: torch.device, history: str = "windows", batch_size: int = 256, bucket: bool = True):
@@ -242,7 +244,7 @@ class PretrainTask:
     def _batch(self, ends: np.ndarray) -> dict:
         batch = make_pretrain_batch(self.ds, ends, self.rng, self.args.max_len, self.cfg.mask_prob, self.multi_hot,
                                     self.sampler)
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return to_device(batch, self.device)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         return pretrain_loss(self.module, batch, self.weights)

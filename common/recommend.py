@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from common.config import setting
 from common.data import Dataset, pad_rows, row_owners
+from common.io import InputError
 from common.metrics import all_metrics
 from common.model import SASRec
 from common.registry import model_module
@@ -34,6 +36,9 @@ class PopRecommender:
         return self.counts.expand(len(users), -1)  # [B, V]
 
 
+GRAM_BLOCK = 2048  # columns of X^T X computed at once
+
+
 def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0) -> torch.Tensor:
     """Item-item Gram matrix over real items, [n_items, n_items] float32.
 
@@ -43,9 +48,13 @@ def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0) -> torch.Tenso
     shares with its neighbours. With w >= the longest sequence and tau -> inf it is X^T X again.
     Unlike X^T X a windowed G can have slightly negative eigenvalues; the l2 of EASE covers them.
     """
-    if window == 0:
-        X = ds.seen_matrix()[:, 1:]  # [U, n_items]
-        return torch.from_numpy((X.T @ X).toarray().astype(np.float32))
+    if window == 0:  # X^T X, a block of GRAM_BLOCK columns at a time: the sparse product never holds all pairs
+        X = ds.seen_matrix()[:, 1:].astype(np.float32).tocsc()  # [U, n_items]
+        XT = X.T.tocsr()
+        G = np.empty((X.shape[1], X.shape[1]), dtype=np.float32)
+        for lo in range(0, X.shape[1], GRAM_BLOCK):
+            G[:, lo:lo + GRAM_BLOCK] = (XT @ X[:, lo:lo + GRAM_BLOCK]).toarray()
+        return torch.from_numpy(G)
     n = ds.n_items
     owner = row_owners(ds.indptr)  # [N]
     items = torch.from_numpy(ds.items - 1)  # [N], 0-based real items
@@ -78,6 +87,28 @@ class EASEArgs:
         return {"recency": self.recency, "recency_tau": self.recency_tau}
 
 
+def ease_bytes(n_items: int) -> int:
+    """Peak memory of EASE's fit: two dense float32 item-item matrices (the Gram matrix and its factor,
+    the factor and the inverse, or the inverse and the padded copy that is saved)."""
+    return 2 * 4 * (n_items + 1) ** 2
+
+
+def free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_ease_memory(n_items: int, device: torch.device) -> None:
+    """Refuse, before any work, a catalogue whose dense EASE would not fit in the memory that is free."""
+    need, free = ease_bytes(n_items), free_bytes(device)
+    if need > free:
+        raise InputError(f"--model ease: {n_items:,} items need two dense {n_items:,} x {n_items:,} matrices "
+                         f"({need / 2**30:.1f} GiB), but {free / 2**30:.1f} GiB of {device.type} memory are free; "
+                         "use --model multvae or sasrec (memory linear in the items), a machine or GPU with more "
+                         "memory, or fewer items")
+
+
 class EASERecommender:
     """EASE (Steck 2019): scores = X_u B with B = I - P / diag(P), P = (G + l2 I)^-1, diag(B) = 0.
 
@@ -93,16 +124,26 @@ class EASERecommender:
         self.X = ds.seen_matrix(recency, recency_tau)  # sparse [n_users, V]
 
     @staticmethod
-    def fit(ds: Dataset, l2: float, window: int = 0, window_tau: float = 20.0, diag_power: float = 1.0) -> dict:
-        G = cooccurrence(ds, window, window_tau)  # [n, n]
+    def fit(ds: Dataset, l2: float, window: int = 0, window_tau: float = 20.0, diag_power: float = 1.0,
+            device: torch.device = torch.device("cpu")) -> dict:
+        """B, computed on `device` (torch.linalg: a GPU inverts a large catalogue's matrix in seconds).
+        At most two dense item-item matrices are alive at a time (see `ease_bytes`)."""
+        check_ease_memory(ds.n_items, device)
+        G = cooccurrence(ds, window, window_tau).to(device)  # [n, n]
         G.diagonal().add_(l2)
         L, info = torch.linalg.cholesky_ex(G)
-        # [n, n]; a windowed G with a tiny l2 may not be positive definite: then a general inverse
-        P = torch.cholesky_inverse(L) if info.item() == 0 else torch.linalg.inv(G)
-        B = -P / P.diagonal()[None, :] ** diag_power  # B_ij = -P_ij / P_jj^g
+        if info.item() == 0:
+            del G
+            P = torch.cholesky_inverse(L)
+            del L
+        else:  # a windowed G with a tiny l2 may not be positive definite: then a general inverse
+            del L
+            P = torch.linalg.inv(G)
+            del G
+        B = P.div_(P.diagonal().clone()[None, :] ** diag_power).neg_()  # B_ij = -P_ij / P_jj^g, in place
         B.diagonal().zero_()
         full = torch.zeros(ds.n_items + 1, ds.n_items + 1)
-        full[1:, 1:] = B
+        full[1:, 1:] = B.cpu()
         return {"B": full}
 
     def score(self, users: np.ndarray) -> torch.Tensor:

@@ -2,25 +2,39 @@
 
 submission:  `user,item`, k rows per user, users ascending, items in rank order, raw ids.
 candidates:  `user,item,score,rank`, the same with each item's score and 1-based rank.
+source:      `<file>.source.json` beside a file the scripts write: the sha256 of the file and the data it
+             was made on (dataset, fingerprint, split). Readers refuse a file whose source names other
+             data; a file without one (made by other tools) is checked against the training histories only.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from common.data import Dataset, csr_offsets, row_owners
-from common.io import InputError, atomic_path
+from common.io import InputError, file_sha256, json_text, read_json, staged_files
 from common.readers import read_csv_checked, int_column
 
 SUBMISSION_COLUMNS = ["user", "item"]
 CANDIDATE_COLUMNS = ["user", "item", "score", "rank"]
 
 
-def write_ranked(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, scores: np.ndarray | None = None) -> None:
+def source_path(path: Path) -> Path:
+    return Path(path).with_suffix(".source.json")
+
+
+def data_source(ds: Dataset, made_by: str) -> dict:
+    return {"dataset": ds.name, "data_fingerprint": ds.fingerprint, "split": ds.split, "made_by": made_by}
+
+
+def write_ranked(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, scores: np.ndarray | None = None,
+                 source: dict | None = None, stage=None) -> None:
     """Write [U, K] ranked raw items for raw users; with scores, the candidates layout
-    (pairs scored -inf, i.e. seen or padding, are left out)."""
+    (pairs scored -inf, i.e. seen or padding, are left out). With `source` (see data_source), also
+    `<path>.source.json`. Both appear together, when `stage` (a staged_files stage) commits, or at once."""
     U, K = item_raw.shape
     cols = {"user": np.repeat(user_raw, K), "item": item_raw.ravel()}
     if scores is not None:
@@ -29,8 +43,26 @@ def write_ranked(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, scores:
     df = pd.DataFrame(cols)
     if scores is not None:  # a user with fewer unseen items than K gets a shorter list
         df = df[np.isfinite(df["score"].to_numpy())]
-    with atomic_path(path) as tmp:
+    with nullcontext(stage) if stage is not None else staged_files() as st:
+        tmp = st(path)
         df.to_csv(tmp, index=False, float_format="%.6g")
+        if source is not None:
+            st(source_path(path)).write_text(json_text({**source, "file": Path(path).name,
+                                                        "sha256": file_sha256(tmp)}))
+
+
+def check_source(path: Path, ds: Dataset) -> None:
+    """Refuse a file whose source sidecar names other data than `ds` (or no longer matches the file)."""
+    side = source_path(path)
+    if not side.exists():
+        return
+    src = read_json(side)
+    if src.get("sha256") != file_sha256(path):
+        raise InputError(f"{path}: changed since {src.get('made_by', 'its script')} wrote it (its hash differs "
+                         f"from {side.name}); write it again, or delete {side.name} to use it as a file of your own")
+    if src.get("data_fingerprint") != ds.fingerprint or src.get("split") != ds.split:
+        raise InputError(f"{path}: made on the {src.get('split')} split of data {src.get('data_fingerprint')}, not the "
+                         f"{ds.split} split of {ds.root} ({ds.fingerprint}); run {src.get('made_by', 'it')} again on it")
 
 
 def read_ranked(path: Path, with_scores: bool = False) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from common.checkpoint import save_checkpoint
 from common.cloze import ClozeConfig
 from common.config import config_dict, from_flat
 from common.data import SPLITS, Dataset
+from common.distributed import World
 from common.io import InputError, append_jsonl
 from common.model import SASRecArgs
 from common.next_item import ObjectiveConfig
@@ -165,14 +166,14 @@ def check_config(cfg: TrainConfig, ds: Dataset) -> None:
                          "learn from")
 
 
-def fit_closed_form(cfg: TrainConfig, ds: Dataset, out: Path) -> None:
-    """Models fitted in one step (pop, ease): fit, score once, save."""
+def fit_closed_form(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device = torch.device("cpu")) -> None:
+    """Models fitted in one step (pop, ease): fit (EASE's inverse on `device`), score once, save."""
     t0 = time.time()
     if cfg.model == "pop":
         state, args = PopRecommender.fit(ds), {}
         rec = PopRecommender(state["counts"])
     else:
-        state, args = EASERecommender.fit(ds, **cfg.ease.fit_args()), {**cfg.ease.fit_args(), "scoring": cfg.ease.scoring()}
+        state, args = EASERecommender.fit(ds, **cfg.ease.fit_args(), device=device), {**cfg.ease.fit_args(), "scoring": cfg.ease.scoring()}
         rec = EASERecommender(state["B"], ds, **cfg.ease.scoring())
     fit_seconds = time.time() - t0
     k = cfg.trainer.k
@@ -186,11 +187,12 @@ def fit_closed_form(cfg: TrainConfig, ds: Dataset, out: Path) -> None:
     print(f"{cfg.model}: fitted in {fit_seconds:.1f}s " + (json.dumps(metrics) if metrics else "(no answers to score)"))
 
 
-def fit(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device) -> None:
-    """Fit the model `cfg` names on `ds`, writing checkpoint.pt and metrics.jsonl (and last.pt) to `out`."""
+def fit(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device, world: World = World()) -> None:
+    """Fit the model `cfg` names on `ds`, writing checkpoint.pt and metrics.jsonl (and last.pt) to `out`.
+    Under torchrun a closed-form model is fitted by rank 0 alone."""
     if cfg.model in CLOSED_FORM:
-        return fit_closed_form(cfg, ds, out)
+        return fit_closed_form(cfg, ds, out, device) if world.main else None
     rng = np.random.default_rng(cfg.trainer.seed)
     build = build_pretrain if cfg.stage == "pretrain" else model_module(cfg.model).build_task
     task = build(cfg, ds, rng, device)
-    Trainer(cfg.trainer, ds, out, device, config_dict(cfg)).fit(task, rng)
+    Trainer(cfg.trainer, ds, out, device, config_dict(cfg), world).fit(task, rng)

@@ -1,6 +1,7 @@
 """Seeds, devices and small helpers shared by the scripts."""
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
@@ -37,22 +38,40 @@ def pick_device(name: str = "auto", threads: int = 0):
         raise InputError(f"--device {name}: no such CUDA device on this machine; use --device cpu or auto")
     if device.type not in ("cpu", "cuda"):
         raise InputError(f"--device {name}: only cpu and cuda are supported")
-    if device.type == "cpu":
-        torch.set_num_threads(threads or os.cpu_count() or 1)
+    if device.type == "cuda":  # cuDNN's attention plans each new shape anew (seconds per sequence length);
+        torch.backends.cuda.enable_cudnn_sdp(False)  # the memory-efficient kernel needs no planning
+    if device.type == "cpu":  # under torchrun the processes of one machine share its cores
+        per_process = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(threads or max(1, per_process))
     return device
 
 
-def optimizer_step(opt, loss, where: str, kept) -> float:
-    """Back-propagate `loss` and step `opt`; returns the loss value.
-
-    A NaN or infinite loss raises TrainingError before any weight changes, naming `where` it happened
-    and the last good checkpoint `kept` (a path, or none when it does not exist yet).
-    """
-    value = loss.item()
-    if not loss.isfinite():
+def check_finite(value: float, where: str, kept) -> None:
+    """Raise TrainingError for a NaN or infinite loss `value`, naming `where` it happened and the last good
+    checkpoint `kept` (a path, or none when it does not exist yet)."""
+    if not math.isfinite(value):
         kept = kept if kept is not None and os.path.exists(kept) else "none"
         raise TrainingError(f"loss became {value} at {where}; last good checkpoint: {kept}. Lower --lr or check the data")
+
+
+def optimizer_step(opt, loss, where: str, kept, check: bool = True) -> float | None:
+    """Back-propagate `loss` and step `opt`. With `check`, returns the loss value, and a NaN or infinite
+    loss raises TrainingError (see check_finite) before any weight changes; without, nothing waits for
+    the device (the caller checks the accumulated loss now and then)."""
+    value = loss.item() if check else None
+    if check:
+        check_finite(value, where, kept)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return value
+
+
+def to_device(arrays: dict, device) -> dict:
+    """numpy arrays -> tensors on `device`; to CUDA through pinned memory without waiting for the copy."""
+    import torch
+    out = {}
+    for name, a in arrays.items():
+        t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+        out[name] = t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+    return out

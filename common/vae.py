@@ -27,6 +27,7 @@ from common.config import setting
 from common.data import Dataset
 from common.recommend import RecommenderTask, restored
 from common.trainer import Lazy
+from common.utils import to_device
 
 LOG_2PI = math.log(2 * math.pi)
 PRIOR_WEIGHTS = (3 / 20, 3 / 4, 1 / 10)  # RecVAE's mixture: standard normal, previous posterior, wide normal
@@ -176,6 +177,7 @@ class VAETask(RecommenderTask):
     def __init__(self, cfg, ds: Dataset, kind: str, rng: np.random.Generator, device: torch.device):
         self.cfg, self.ds, self.kind, self.rng, self.device = cfg, ds, kind, rng, device
         self.model_type = kind
+        self.unused_parameters = kind == "recvae"  # its encoder and decoder steps train one part each
         self.args = dataclasses.replace(cfg.vae, n_items=ds.n_items)
         self.module = MODELS[kind](self.args).to(device)
         self.X = ds.seen_matrix()  # sparse [n_users, n_items + 1]
@@ -195,7 +197,7 @@ class VAETask(RecommenderTask):
             steps = [b for _ in range(self.args.enc_passes) for b in self._pass("encoder")] + self._pass("decoder")
         else:
             steps = self._pass("all")
-        return Lazy(steps, lambda step: (step[0], torch.from_numpy(self.X[step[1]].toarray()[:, 1:]).to(self.device)))
+        return Lazy(steps, lambda step: (step[0], to_device({"x": self.X[step[1]].toarray()[:, 1:]}, self.device)["x"]))
 
     def loss(self, batch: tuple) -> tuple[torch.Tensor, dict]:
         phase, x = batch

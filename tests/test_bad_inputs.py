@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -214,12 +215,17 @@ def cases(w: Path) -> dict[str, tuple[list, str]]:
         "blend-no-inputs": (blend, "no input files"),
         "blend-grid-values-zero": ([*blend, cand, "--grid", "--grid-values", "0", "0"], "--grid-values"),
         "blend-stale-candidates": ([*blend, str(w / "stale-cand.csv"), "--data", str(w / "stale")], "training history"),
+        "blend-source-other-data": ([*blend, str(w / "src-stale.top20.csv"), "--data", str(w / "stale")],
+                                    "made on the test split of data"),
+        "blend-source-changed": ([*blend, str(w / "src-changed.top20.csv")], "changed since"),
         # 05_evaluate.py
         "eval-missing": ([*evaluate, str(w / "none.csv")], "none.csv"),
         "eval-k-0": ([*evaluate, sub, "--k", "0"], "--k"),
         "eval-duplicate-row": ([*evaluate, str(w / "s-dup.csv")],
                                "row 5"),
         "eval-split": ([*evaluate, sub, "--split", "train"], "--split"),
+        "eval-source-other-data": ([*evaluate, str(w / "src-stale.top20.csv"), "--data", str(w / "stale")],
+                                   "made on the test split of data"),
         # 06_submission.py
         "submit-missing-recipe": ([*submit, "--recipe", str(w / "none.toml")], "none.toml"),
         "submit-bad-toml": ([*submit, "--recipe", str(w / "bad.toml")], "bad.toml"),
@@ -241,6 +247,11 @@ def make_workspace(w: Path) -> None:
                               w / f"out-{name}", "--threads", "1", "--candidates", "20"] for name in ("d", "stale")])
     for p in trained + inferred:
         assert p.returncode == 0, describe(p)
+    for name in ("d", "stale"):  # copies that keep their source files
+        for f in (w / f"out-{name}").glob("*.top20.*"):
+            shutil.copy(f, w / f"src-{name}{f.name[f.name.index('.top20.'):]}")
+    (w / "src-changed.top20.csv").write_text((w / "src-d.top20.csv").read_text().replace(",1\n", ",1 \n", 1))
+    shutil.copy(w / "src-d.top20.source.json", w / "src-changed.top20.source.json")
     for name, dst in (("d", "cand.csv"), ("stale", "stale-cand.csv")):
         next((w / f"out-{name}").glob("*.top20.csv")).rename(w / dst)
     next(f for f in (w / "out-d").glob("*.csv") if "top" not in f.name).rename(w / "sub.csv")

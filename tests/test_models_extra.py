@@ -25,6 +25,8 @@ from common.losses import ce_loss, sampled_softmax_loss
 from common.model import SASRec, SASRecArgs
 from common.next_item import make_batch, train_loss
 from common.readers import RawData
+from common import recommend
+from common.io import InputError
 from common.recommend import EASERecommender, cooccurrence, top_k
 from common.training import train_config
 
@@ -156,6 +158,20 @@ def test_ease_recency_weights_the_latest_items(ease_ds):
 # ---------------------------------------------------------------- EASE on items near each other in time
 
 WINDOW_SETS = {1: [10, 20, 30, 40], 2: [30, 10], 3: [20, 40, 10]}  # time order; raw 10*j is dense id j
+
+
+def test_gram_matrix_in_column_blocks_is_x_transpose_x(window_ds, monkeypatch):
+    X = window_ds.seen_matrix()[:, 1:].toarray().astype(np.float64)
+    monkeypatch.setattr(recommend, "GRAM_BLOCK", 3)  # several blocks and a short last one
+    np.testing.assert_array_equal(cooccurrence(window_ds).numpy(), X.T @ X)
+
+
+def test_ease_refuses_a_catalogue_beyond_free_memory(window_ds, monkeypatch):
+    need = recommend.ease_bytes(window_ds.n_items)
+    assert need == 2 * 4 * (window_ds.n_items + 1) ** 2
+    monkeypatch.setattr(recommend, "free_bytes", lambda device: need - 1)
+    with pytest.raises(InputError, match="two dense .* matrices .* use --model multvae or sasrec"):
+        EASERecommender.fit(window_ds, 10.0)
 
 
 @pytest.fixture(scope="module")

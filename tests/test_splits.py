@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from common.data import Dataset, build_dataset, csr_offsets, split_holdout
-from common.io import InputError, write_npz
+from common.io import InputError, staged_files, write_npz
 from common.readers import RawData
 from common.recipe import load_recipe, settings_flags
+from common.submission import check_source, data_source, source_path, write_ranked
 from conftest import ROOT, assert_one_line_error, run_script
 
 
@@ -135,6 +136,42 @@ def test_fingerprint_changes_with_the_answers_and_catches_mixed_files(tmp_path):
     write_npz(tmp_path / "a" / "holdout.npz", indptr=ho["indptr"], items=ho["items"])
     with pytest.raises(InputError, match="do not match the fingerprint"):
         Dataset(tmp_path / "a")
+
+
+def test_a_written_file_names_its_data_and_is_refused_on_other_data(tmp_path):
+    raw = random_raw()
+    build_dataset(raw, tmp_path / "a", 3, 2, seed=0, validation=True)
+    build_dataset(raw, tmp_path / "b", 3, 2, seed=1, validation=True)
+    a, a_valid, b = Dataset(tmp_path / "a"), Dataset(tmp_path / "a", "valid"), Dataset(tmp_path / "b")
+    path = tmp_path / "run.top2.csv"
+    write_ranked(path, a.user_raw, a.item_raw[np.ones((a.n_users, 2), dtype=np.int64)],
+                 np.ones((a.n_users, 2)), source=data_source(a, "test"))
+    assert source_path(path).exists()
+    check_source(path, a)  # its own data: accepted
+    with pytest.raises(InputError, match="not the valid split"):
+        check_source(path, a_valid)
+    with pytest.raises(InputError, match=f"made on the test split of data {a.fingerprint}"):
+        check_source(path, b)
+    path.write_text(path.read_text().replace(",1\n", ",2\n", 1))
+    with pytest.raises(InputError, match="changed since test wrote it"):
+        check_source(path, a)
+    source_path(path).unlink()
+    check_source(path, b)  # a file of the user's own: nothing to compare
+
+
+def test_staged_files_appear_together_or_not_at_all(tmp_path):
+    (tmp_path / "a.csv").write_text("old\n")
+    with pytest.raises(OSError):
+        with staged_files() as stage:
+            stage(tmp_path / "a.csv").write_text("new\n")
+            stage(tmp_path / "b.csv").write_text("new\n")
+            raise OSError("disk full")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["a.csv"] and (tmp_path / "a.csv").read_text() == "old\n"
+    with staged_files() as stage:
+        stage(tmp_path / "a.csv").write_text("new\n")
+        stage(tmp_path / "b.csv").write_text("new\n")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["a.csv", "b.csv"]
+    assert (tmp_path / "a.csv").read_text() == "new\n"
 
 
 def test_inference_refuses_a_run_made_on_another_split(tmp_path):

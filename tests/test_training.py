@@ -449,8 +449,8 @@ def test_ema_saves_the_moving_average_of_the_steps(ema_demo, tmp_path, monkeypat
     steps = []  # every parameter after every optimizer step, in model.parameters() order
     real_step = trainer_mod.optimizer_step
 
-    def recording_step(opt, loss, where, kept):
-        value = real_step(opt, loss, where, kept)
+    def recording_step(opt, loss, where, kept, **options):
+        value = real_step(opt, loss, where, kept, **options)
         steps.append([p.detach().clone() for p in opt.param_groups[0]["params"]])
         return value
 
@@ -486,3 +486,46 @@ def test_resume_refuses_a_different_ema_setting(ema_demo, tmp_path):
     fit_with_ema(ema_demo, tmp_path / "run", epochs=1, ema=0.0)
     with pytest.raises(InputError, match="without --ema"):
         fit_with_ema(ema_demo, tmp_path / "run", epochs=2, resume=True, ema=0.5)
+
+
+# ---------------------------------------------------------------- the GPU path, exercised on CPU
+
+def test_bf16_autocast_trains_and_matches_full_precision(ema_demo, tmp_path):
+    """--amp bf16 is the step CUDA runs by default; on CPU it runs the same code."""
+    curves = {}
+    for amp in ("off", "bf16"):
+        cfg = train_config(data=str(ema_demo.root), epochs=3, hidden=16, layers=1, heads=2, max_len=8, batch_size=16,
+                           amp=amp, progress=False, threads=1, seed=5, select="last", loss="ce")
+        set_seed(cfg.trainer.seed)
+        fit(cfg, ema_demo, tmp_path / amp, torch.device("cpu"))
+        curves[amp] = [json.loads(x)["loss"] for x in (tmp_path / amp / "metrics.jsonl").read_text().splitlines()]
+    assert curves["bf16"][-1] < curves["bf16"][0], "bf16 learns"
+    np.testing.assert_allclose(curves["bf16"], curves["off"], rtol=0.02)
+
+
+def test_lazy_loss_checks_still_stop_a_non_finite_run(ema_demo, tmp_path, monkeypatch):
+    """--check-every N (CUDA's default 100) reads the loss every N steps: a NaN still stops the run, with
+    where it was found, before any checkpoint holds the bad weights."""
+    from common.utils import TrainingError
+    real = trainer_mod.optimizer_step
+    calls = []
+
+    def poisoned(opt, loss, where, kept, check=True):
+        calls.append(check)
+        return real(opt, loss * float("nan") if len(calls) == 3 else loss, where, kept, check=check)
+
+    monkeypatch.setattr(trainer_mod, "optimizer_step", poisoned)
+    cfg = train_config(data=str(ema_demo.root), epochs=2, hidden=8, layers=1, heads=1, max_len=8, batch_size=4,
+                       check_every=2, progress=False, threads=1)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 0 by step 3; last good checkpoint: none"):
+        fit(cfg, ema_demo, tmp_path / "run", torch.device("cpu"))
+    assert calls == [False] * 4, "no step waited for the loss; the check after step 4 found it"
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_host_found_target_positions_match_the_mask():
+    model, batch = tiny_model().eval(), tiny_batch()
+    with torch.no_grad():
+        found_here = train_loss(model, batch, "ce")
+        given = {**batch, "positions": torch.from_numpy(np.flatnonzero(batch["target"].numpy() != 0))}
+        assert torch.equal(train_loss(model, given, "ce"), found_here)
