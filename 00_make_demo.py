@@ -14,7 +14,7 @@ from common.utils import set_seed
 @dataclass
 class DemoConfig:
     out: str = field(default="data/raw/demo", metadata={"help": "folder to write"})
-    scale: str = field(default="small", metadata={"choices": tuple(SCALES), "help": "small: ~2 min demo; full: competition shape"})
+    scale: str = field(default="small", metadata={"choices": tuple(SCALES), "help": "small: ~2 min demo; full: competition shape; 3x: ~100k users, 20k items, ~15M rows"})
     seed: int = setting(0, ge=0)
 
 

@@ -3,6 +3,7 @@ cloze model, and the seconds and memory of the reranker stage over real candidat
 
     .venv/bin/python bench/members.py                 # full-scale demo (31,360 users, 6,807 items), 2 threads
     .venv/bin/python bench/members.py --epochs 3 --threads 2
+    .venv/bin/python bench/members.py --members --reuse-candidates   # the reranker stage alone
 
 Each member trains --epochs epochs on the validation split (evaluation on the validation answers included in
 each epoch's seconds). The reranker stage reads the validation candidates (top 100) of EASE (--preset
@@ -48,6 +49,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--members", nargs="*", default=list(MEMBERS))
+    ap.add_argument("--reuse-candidates", action="store_true",
+                    help="keep candidate files an earlier call wrote (refused if the data changed since)")
     args = ap.parse_args()
     raw = ROOT / "data" / "raw" / "demo-full"
     ensure_full_demo(raw)
@@ -61,11 +64,13 @@ def main():
     files = {}
     for name, flags in (("ease-seq", ["--preset", "ease-seq"]), ("multvae", MEMBERS["multvae"] + ["--epochs", "2"])):
         run = f"bench-cand-{name}"
+        files[name] = [ROOT / data / "runs" / run / f"{run}.valid.top100.csv"]
+        if args.reuse_candidates and files[name][0].exists():
+            continue
         measure([PY, "02_train.py", "--data", data, "--run-name", run, "--no-progress", "--threads", str(args.threads),
                  *flags])
         measure([PY, "03_inference.py", f"{data}/runs/{run}/checkpoint.pt", "--split", "valid", "--out-dir",
                  f"{data}/runs/{run}", "--threads", str(args.threads)])
-        files[name] = [ROOT / data / "runs" / run / f"{run}.valid.top100.csv"]
     ds = Dataset(ROOT / data, "valid")
     cfg = rerank.RerankConfig()
     t0 = time.time()

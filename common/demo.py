@@ -38,6 +38,9 @@ SCALES = {
     # the competition's shape: 31,360 users, 6,807 items, ~5.15M interactions
     "full": DemoShape(n_users=31_360, n_items=6_807, median_len=114, min_len=16, max_len=2_912,
                       max_raw_item=120_000, max_raw_user=140_000),
+    # three times the competition: ~100k users, 20k items, ~15M interactions (the scaling bench)
+    "3x": DemoShape(n_users=100_000, n_items=20_000, median_len=105, min_len=16, max_len=2_912,
+                    max_raw_item=400_000, max_raw_user=450_000),
 }
 LEN_SIGMA = 0.85  # lognormal spread of history lengths: mean ≈ 1.43 × median
 N_GROUPS = 16

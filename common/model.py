@@ -60,13 +60,17 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(a.hidden, a.hidden)
         self.dropout_attn = a.dropout_attn
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """x [B, L, H] -> [B, L, H]; with `last`, only the last position's output [B, 1, H]."""
         B, L, H = x.shape
         q, k, v = self.qkv(x).split(H, dim=2)  # 3 x [B, L, H]
-        q, k, v = (t.view(B, L, self.heads, H // self.heads).transpose(1, 2) for t in (q, k, v))  # [B, nh, L, hs]
+        if last:
+            q, mask = q[:, -1:], mask[:, :, -1:]  # one query, every key
+        q = q.reshape(B, q.size(1), self.heads, H // self.heads).transpose(1, 2)  # [B, nh, Lq, hs]
+        k, v = (t.view(B, L, self.heads, H // self.heads).transpose(1, 2) for t in (k, v))  # [B, nh, L, hs]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout_attn if self.training else 0.0)  # [B, nh, L, hs]
-        return self.proj(y.transpose(1, 2).reshape(B, L, H))  # [B, L, H]
+                                           dropout_p=self.dropout_attn if self.training else 0.0)  # [B, nh, Lq, hs]
+        return self.proj(y.transpose(1, 2).reshape(B, q.size(2), H))  # [B, Lq, H]
 
 
 class Block(nn.Module):
@@ -78,12 +82,14 @@ class Block(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(a.hidden), nn.LayerNorm(a.hidden)
         self.drop = nn.Dropout(a.dropout_hidden)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """[B, L, H] -> [B, L, H]; with `last`, only the last position [B, 1, H] (its keys still read all)."""
+        y = x[:, -1:] if last else x
         if self.pre_ln:
-            x = x + self.drop(self.attn(self.ln1(x), mask))
-            return x + self.drop(self.ffn(self.ln2(x)))
-        x = self.ln1(x + self.drop(self.attn(x, mask)))
-        return self.ln2(x + self.drop(self.ffn(x)))  # [B, L, H]
+            y = y + self.drop(self.attn(self.ln1(x), mask, last))
+            return y + self.drop(self.ffn(self.ln2(y)))
+        y = self.ln1(y + self.drop(self.attn(x, mask, last)))
+        return self.ln2(y + self.drop(self.ffn(y)))  # [B, L or 1, H]
 
 
 class SASRec(nn.Module):
@@ -114,19 +120,19 @@ class SASRec(nn.Module):
         pos = torch.arange(L - 1, -1, -1, device=seq.device)  # [L], last position is 0
         return self.item_emb(seq) + self.pos_emb(pos)  # [B, L, H]
 
-    def encode(self, x: torch.Tensor, seq: torch.Tensor, causal: bool = True) -> torch.Tensor:
-        """Self-attention stack over input vectors x [B, L, H]; `seq` [B, L] marks padding (0)."""
+    def encode(self, x: torch.Tensor, seq: torch.Tensor, causal: bool = True, last: bool = False) -> torch.Tensor:
+        """Self-attention stack over input vectors x [B, L, H]; `seq` [B, L] marks padding (0). With `last`
+        the top block computes the last position alone: [B, 1, H] (what recommending reads)."""
         x = self.drop(self.ln_in(x))
         mask = attention_mask(seq, causal)  # [B, 1, L, L]
-        for block in self.blocks:
-            x = block(x, mask)  # [B, L, H]
-        return self.ln_out(x)  # [B, L, H]
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last and i == len(self.blocks) - 1)  # [B, L, H]
+        return self.ln_out(x)  # [B, L or 1, H]
 
-    def forward(self, seq: torch.Tensor, causal: bool = True) -> torch.Tensor:
-        """seq [B, L] item ids, left-padded with 0, L <= max_len -> hidden states [B, L, H].
-
-        `causal=False` lets every position see the whole sequence (pretraining objectives)."""
-        return self.encode(self.embed(seq), seq, causal)  # [B, L, H]
+    def forward(self, seq: torch.Tensor, causal: bool = True, last: bool = False) -> torch.Tensor:
+        """seq [B, L] item ids, left-padded with 0, L <= max_len -> hidden states [B, L, H] ([B, 1, H] of the
+        last position with `last`). `causal=False` lets every position see the whole sequence (pretraining)."""
+        return self.encode(self.embed(seq), seq, causal, last)  # [B, L, H]
 
     def output_embeddings(self) -> torch.Tensor:
         return (self.item_emb if self.out_emb is None else self.out_emb).weight  # [V, H]

@@ -159,7 +159,7 @@ class SASRecRecommender:
 
     def last_hidden(self, users: np.ndarray) -> torch.Tensor:
         seq = pad_rows(self.ds.indptr, self.ds.items, users, self.model.args.max_len, left=True)
-        return self.model(torch.from_numpy(seq).to(self.device))[:, -1]  # [B, H]
+        return self.model(torch.from_numpy(seq).to(self.device), last=True)[:, -1]  # [B, H]
 
     @torch.no_grad()
     def score(self, users: np.ndarray) -> torch.Tensor:

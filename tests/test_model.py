@@ -109,6 +109,17 @@ def test_variants_run_and_stay_causal(variant):
     assert_causal(model)
 
 
+@pytest.mark.parametrize("variant", [dict(), dict(pre_ln=True, final_ln=True, layers=3, heads=4)])
+def test_last_position_alone_matches_the_full_forward(variant):
+    """What recommending reads: the top block computes the last position only, with the same result."""
+    model = make_model(**variant)
+    seq = random_seqs(4, MAX_LEN, [0, 2, 5, MAX_LEN - 1])
+    with torch.no_grad():
+        full, last = model(seq), model(seq, last=True)
+    assert last.shape == (4, 1, 16)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-6)
+
+
 def test_untied_scores_use_separate_table():
     model = make_model(tied=False)
     assert model.out_emb is not None
