@@ -45,24 +45,26 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_settings(cfg) -> None:
+def check_settings(cfg, name=None) -> None:
     """Raise InputError naming the flag of the first setting out of its bounds or choices, or the first
-    broken relation (a group's RULES, then its parent's)."""
+    broken relation (a group's RULES, then its parent's). `name` maps a field name to what the message
+    calls it (default: its flag)."""
+    name = name or flag_name
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if _is_group(hints[f.name]):
-            check_settings(value)
+            check_settings(value, name)
             continue
         values = value if isinstance(value, (list, tuple)) else [value]
         choices = f.metadata.get("choices")
         for v in values:
             if choices is not None and v not in choices:
-                raise InputError(f"{flag_name(f.name)} must be one of {', '.join(map(str, choices))}, got {v}")
+                raise InputError(f"{name(f.name)} must be one of {', '.join(map(str, choices))}, got {v}")
             for kind, bound in f.metadata.get("bounds", {}).items():
                 test, sign = BOUNDS[kind]
                 if isinstance(v, (int, float)) and not (v == v and test(v, bound)):  # NaN fails every bound
-                    raise InputError(f"{flag_name(f.name)} must be {sign} {bound}, got {v}")
+                    raise InputError(f"{name(f.name)} must be {sign} {bound}, got {v}")
     for test, message in getattr(type(cfg), "RULES", ()):
         if not test(cfg):
             raise InputError(message.format(c=cfg))

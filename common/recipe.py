@@ -33,6 +33,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.config import check_settings
 from common.io import InputError
 from common.rerank import RerankConfig
 
@@ -187,8 +188,12 @@ def load_recipe(path: Path) -> Recipe:
             _check(key in known, path, f"rerank.{key}", f"unknown key; choose from {', '.join(known)}")
             want_int = known[key] == "int"
             ok = (isinstance(value, int) and not isinstance(value, bool)) if want_int else _number(value)
-            _check(ok and value >= 0, path, f"rerank.{key}", f"must be {'an integer' if want_int else 'a number'} >= 0")
+            _check(ok, path, f"rerank.{key}", f"must be {'an integer' if want_int else 'a number'}")
             setattr(recipe.rerank, key, int(value) if want_int else float(value))
+        try:  # the bounds declared with RerankConfig's settings
+            check_settings(recipe.rerank, name=lambda field_name: f"rerank.{field_name}")
+        except InputError as e:
+            raise InputError(f"{path}: {e}") from None
     fixed = [m.weight for m in members if m.weight != TUNE]
     _check(any(m.weight == TUNE for m in members) or sum(fixed) > 0, path, "weights", "the fixed weights are all 0")
     return recipe

@@ -28,6 +28,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from common.blend import blend_top_k, contribution_matrix, load_inputs
+from common.config import setting
 from common.data import Dataset, pad_rows, row_owners
 from common.metrics import all_metrics
 
@@ -39,18 +40,18 @@ IMPORTANCE_USERS = 3000  # users whose pairs the permutation importance reads
 class RerankConfig:
     # chosen on the cross-fitted validation score of ml-latest-small splits 3 and 4 (docs/results.md): with a
     # few hundred answered users, small trees and strong smoothing beat the usual 31 leaves
-    max_iter: int = 300
-    learning_rate: float = 0.02
-    max_leaf_nodes: int = 7
-    min_samples_leaf: int = 200
-    l2_regularization: float = 1.0
+    max_iter: int = setting(300, ge=1)
+    learning_rate: float = setting(0.02, gt=0)
+    max_leaf_nodes: int = setting(7, ge=2)
+    min_samples_leaf: int = setting(200, ge=1)
+    l2_regularization: float = setting(1.0, ge=0)
     # pairs one classifier learns from: every answer pair, plus a uniform sample of the other pairs up to
     # this count (0: all). Within a user the order of the learned scores is what counts, and dropping
     # negatives at random only shifts their log-odds by a constant.
-    max_pairs: int = 1_000_000
-    recent_share: float = 0.1
-    near_window: int = 50
-    seed: int = 0
+    max_pairs: int = setting(1_000_000, ge=0)
+    recent_share: float = setting(0.1, gt=0, le=1)
+    near_window: int = setting(50, ge=1)
+    seed: int = setting(0, ge=0)
 
 
 @dataclass

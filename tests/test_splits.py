@@ -256,6 +256,10 @@ def test_recipe_parses(tmp_path):
     ("candidates = 5\n[[member]]\nname = 'a'\n", "candidates"),
     ("epoch_scale = 0\n[[member]]\nname = 'a'\n", "epoch_scale"),
     ("[[member]\n", "not valid TOML"),
+    ("[[member]]\nname = 'a'\n[rerank]\nmax_leaf_nodes = 1\n", "rerank.max_leaf_nodes must be >= 2, got 1"),
+    ("[[member]]\nname = 'a'\n[rerank]\nrecent_share = 1.5\n", "rerank.recent_share must be <= 1"),
+    ("[[member]]\nname = 'a'\n[rerank]\nmax_iter = 2.5\n", "rerank.max_iter: must be an integer"),
+    ("[[member]]\nname = 'a'\n[rerank]\ntrees = 3\n", "rerank.trees: unknown key"),
     # flags the pipeline sets itself
     ("[[member]]\nname = 'a'\nargs = '--seed 3'\n", "'args' sets --seed, which the pipeline sets itself"),
     ("[[member]]\nname = 'a'\nargs = '--select=last'\n", "'args' sets --select, which the pipeline sets itself"),
