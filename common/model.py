@@ -51,6 +51,13 @@ def attention_mask(seq: torch.Tensor, causal: bool = True) -> torch.Tensor:
     return (order & keys) | diag  # [B, 1, L, L]
 
 
+def rowwise(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) for one position per user, [B, 1, H], computed in float64 and rounded back: a product over as
+    few rows as a batch has users rounds differently by that count, this one does not (as the scoring)."""
+    weights = {name: t.double() for name, t in module.state_dict().items()}
+    return torch.func.functional_call(module, weights, (x.double(),)).float()
+
+
 class SelfAttention(nn.Module):
     def __init__(self, a: SASRecArgs):
         super().__init__()
@@ -70,7 +77,8 @@ class SelfAttention(nn.Module):
         k, v = (t.view(B, L, self.heads, H // self.heads).transpose(1, 2) for t in (k, v))  # [B, nh, L, hs]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout_attn if self.training else 0.0)  # [B, nh, Lq, hs]
-        return self.proj(y.transpose(1, 2).reshape(B, q.size(2), H))  # [B, Lq, H]
+        y = y.transpose(1, 2).reshape(B, q.size(2), H)  # [B, Lq, H]
+        return rowwise(self.proj, y) if last else self.proj(y)
 
 
 class Block(nn.Module):
@@ -85,11 +93,12 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, last: bool = False) -> torch.Tensor:
         """[B, L, H] -> [B, L, H]; with `last`, only the last position [B, 1, H] (its keys still read all)."""
         y = x[:, -1:] if last else x
+        ffn = (lambda t: rowwise(self.ffn, t)) if last else self.ffn
         if self.pre_ln:
             y = y + self.drop(self.attn(self.ln1(x), mask, last))
-            return y + self.drop(self.ffn(self.ln2(y)))
+            return y + self.drop(ffn(self.ln2(y)))
         y = self.ln1(y + self.drop(self.attn(x, mask, last)))
-        return self.ln2(y + self.drop(self.ffn(y)))  # [B, L or 1, H]
+        return self.ln2(y + self.drop(ffn(y)))  # [B, L or 1, H]
 
 
 class SASRec(nn.Module):

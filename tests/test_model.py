@@ -118,6 +118,9 @@ def test_last_position_alone_matches_the_full_forward(variant):
         full, last = model(seq), model(seq, last=True)
     assert last.shape == (4, 1, 16)
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # and it does not depend on how many users share a batch
+        one_by_one = torch.cat([model(seq[i:i + 1], last=True) for i in range(4)])
+    assert torch.equal(one_by_one, last)
 
 
 def test_untied_scores_use_separate_table():
