@@ -93,7 +93,10 @@ def _draw_earlier(indptr: np.ndarray, candidate: np.ndarray, n_random: int, seed
     rng = np.random.default_rng(seed)
     keys = rng.random(n)
     keys[~candidate] = 2.0  # never drawn
-    order = np.lexsort((keys, user))
+    # the order of np.lexsort((keys, user)) (by user, key, position) from two plain sorts: ~1.6x faster here
+    key_rank = np.empty(n, dtype=np.int64)
+    key_rank[np.argsort(keys, kind="stable")] = np.arange(n)
+    order = np.argsort(user * n + key_rank)  # distinct values: any sort gives this order
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n) - indptr[user[order]]
     return (rank < n_random) & (keys <= 1.0)
