@@ -28,7 +28,7 @@ from common import rerank  # noqa: E402
 from common.data import Dataset  # noqa: E402
 
 MEMBERS = {
-    "multvae": ["--model", "multvae", "--batch-size", "64", "--anneal-steps", "2000"],
+    "multvae": ["--model", "multvae", "--batch-size", "500", "--anneal-steps", "2000"],  # the Beauty recipe's batch
     "recvae": ["--model", "recvae", "--batch-size", "64", "--lr", "1e-3", "--gamma", "0.01"],
     "cloze": ["--model", "cloze", "--history", "windows", "--max-len", "200", "--batch-size", "128", "--dropout-attn",
               "0.2", "--dropout-hidden", "0.2", "--pre-ln", "--final-ln"],
