@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import config_json, parse_config, setting
+from common.config import parse_config, save_config, setting
 from common.data import SPLITS, Dataset
 from common.io import InputError, run_main, staged_files
 from common.metrics import all_metrics
@@ -78,7 +78,7 @@ def main():
             write_ranked(cand_path, ds.user_raw, ds.item_raw[ids[:, :cfg.candidates]], scores[:, :cfg.candidates],
                          source=source, stage=stage)
             wrote += [cand_path, source_path(cand_path)]
-        stage(out / f"{run}.inference.json").write_text(config_json(cfg))
+        save_config(cfg, out / f"{run}.inference.json", stage)
     print(f"scored {ds.n_users:,} users x {ds.n_items:,} items in {seconds:.1f}s")
     if ds.has_holdout:
         ev = ds.eval_users()

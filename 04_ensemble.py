@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.blend import METHODS, NORMS, RRF_C, blend_top_k, contribution_matrix, load_inputs
-from common.config import config_json, parse_config, setting
+from common.config import parse_config, save_config, setting
 from common.data import SPLITS, Dataset
 from common.io import InputError, run_main, staged_files
 from common.metrics import all_metrics
@@ -91,7 +91,7 @@ def main():
     cfg.weights = list(weights)
     with staged_files() as stage:
         write_ranked(out, ds.user_raw[users], ds.item_raw[top], source=data_source(ds, "04_ensemble.py"), stage=stage)
-        stage(out.with_suffix(".json")).write_text(config_json(cfg))
+        save_config(cfg, out.with_suffix(".json"), stage)
     if ds.has_holdout:
         ev = ds.eval_users()
         rows = np.searchsorted(users, ev)

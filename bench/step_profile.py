@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from common.config import parse_config  # noqa: E402
 from common.data import Dataset  # noqa: E402
+from common.io import read_json  # noqa: E402
 from common.losses import LOSSES  # noqa: E402
 from common.registry import model_module  # noqa: E402
 from common.trainer import autocast_dtype  # noqa: E402
@@ -102,7 +103,7 @@ def main():
     cfg = parse_config(TrainConfig, ["--data", args.data, *extra], presets=PRESETS)
     set_seed(cfg.trainer.seed)
     device = pick_device(args.device, args.threads)
-    ds = Dataset(Path(cfg.data), "valid" if Dataset(Path(cfg.data)).has_validation else "test")
+    ds = Dataset(Path(cfg.data), "valid" if read_json(Path(cfg.data) / "meta.json").get("validation") else "test")
     threads = torch.get_num_threads()
     # a CPU without a bf16 matrix unit runs bf16 products hundreds of times slower: measured on a small one
     bf16_n = MATMUL_N if device.type == "cuda" else BF16_CPU_N

@@ -187,5 +187,10 @@ def config_json(cfg) -> str:
     return json.dumps(config_dict(cfg), indent=2, sort_keys=True) + "\n"
 
 
-def save_config(cfg, path: Path) -> None:
-    atomic_write_text(Path(path), config_json(cfg))
+def save_config(cfg, path: Path, stage=None) -> None:
+    """Write the resolved config to `path` at once, or through `stage` (common.io.staged_files) with the
+    files it belongs to."""
+    if stage is None:
+        atomic_write_text(Path(path), config_json(cfg))
+    else:
+        stage(path).write_text(config_json(cfg))

@@ -94,8 +94,17 @@ def ease_bytes(n_items: int) -> int:
 
 
 def free_bytes(device: torch.device) -> int:
+    """Memory a new allocation can take: free GPU memory, or Linux's MemAvailable (free memory plus the
+    page cache it can drop), else the free pages."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 

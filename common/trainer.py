@@ -168,7 +168,7 @@ class Trainer:
                 model.train()
                 batches = task.batches(epoch)  # the same on every rank
                 if w.distributed:
-                    batches.items = [shard(x, w) for x in batches.items if shardable(x, w)]
+                    batches = Lazy([shard(x, w) for x in batches.items if shardable(x, w)], batches.fn)
                 total, steps, parts = torch.zeros((), device=self.device), 0, {}
                 bar = tqdm(batches, desc=f"{task.label}epoch {epoch}", disable=not (cfg.progress and w.main),
                            leave=False)
@@ -187,9 +187,10 @@ class Trainer:
                                 parts.setdefault(name, None)
                             else:
                                 parts[name] = (parts.get(name) or 0.0) + v
-                        if steps % check_every == 0:
+                        if steps % check_every == 0:  # every step on CPU, where optimizer_step has checked
                             mean = total.item() / steps
-                            check_finite(mean, f"{task.label}epoch {epoch} by step {steps - 1}", best_path)
+                            if check_every > 1:
+                                check_finite(mean, f"{task.label}epoch {epoch} by step {steps - 1}", best_path)
                             bar.set_postfix(loss=f"{mean:.4f}")
                 mean = mean_over_ranks(total, w).item() / max(steps, 1)
                 check_finite(mean, f"{task.label}epoch {epoch} by step {steps - 1}", best_path)
