@@ -1,6 +1,6 @@
 """Time 01_preprocess.py on full-scale demo data (~5.1M rows) and record peak memory.
 
-    .venv/bin/python bench/preprocess.py          # targets: < 20 s, < 3 GB on 2 CPU cores
+    .venv/bin/python bench/preprocess.py          # targets: < 10 s, < 3 GB on 2 CPU cores
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def main():
     ensure_full_demo(RAW)
     m = measure([PY, "01_preprocess.py", "--input", str(RAW), "--name", "demo-full"])
     report("preprocess", {"data": str(RAW), "seconds": m["seconds"], "peak_mb": m["peak_mb"],
-                          "target_seconds": 20, "target_peak_mb": 3072})
+                          "target_seconds": 10, "target_peak_mb": 3072})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.data import Dataset, build_dataset, split_holdout
+from common.data import Dataset, _draw_earlier, build_dataset, dense_ids, order_and_dedupe, split_holdout
 from common.io import InputError, atomic_path, write_npz
 from common.metrics import recall_at_k
 from common.readers import RawData, int_column, read_raw, time_column
@@ -272,6 +272,76 @@ def test_split_holdout_random_part_is_uniform_over_earlier_rows():
     counts = masks[:, :n - L].sum(axis=0)
     assert counts.sum() == n_users * R
     assert np.all(np.abs(counts - n_users * R / (n - L)) < 150), counts
+
+
+@pytest.mark.parametrize("values", [
+    [5, 3, 5, 0, 9, 3],  # small non-negative ids: the presence table
+    [10**12, 7, 10**12, 3],  # ids far above the row count: np.unique
+    [-4, 2, -4, 8],  # negative ids: np.unique
+    ["b", "a", "b"],  # not integers: np.unique
+])
+def test_dense_ids_equal_np_unique(values):
+    got, inverse = dense_ids(np.asarray(values))
+    want, want_inverse = np.unique(np.asarray(values), return_inverse=True)
+    assert got.tolist() == want.tolist() and got.dtype == want.dtype
+    assert inverse.tolist() == want_inverse.tolist()
+
+
+def lexsort_dedupe_reference(users, items, times):
+    """The rule written plainly: order by (user, time, file order), keep each pair's first row."""
+    order = np.lexsort((np.arange(len(users)), times, users))
+    seen, keep = set(), []
+    for row in order:
+        pair = (users[row], items[row])
+        keep.append(pair not in seen)
+        seen.add(pair)
+    keep = np.asarray(keep)
+    return users[order][keep], items[order][keep], times[order][keep], int((~keep).sum())
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+@pytest.mark.parametrize("repeats", [False, True])
+def test_order_and_dedupe_matches_the_plain_rule(shuffled, repeats):
+    rng = np.random.default_rng(4)
+    n = 400
+    users = np.sort(rng.integers(0, 20, n))
+    times = rng.integers(0, 30, n).astype(np.float64)  # many ties: file order decides
+    items = rng.integers(1, 60, n) if repeats else np.arange(1, n + 1)
+    if not shuffled:  # already in (user, time) order: the one-pass path
+        order = np.lexsort((times, users))
+        users, items, times = users[order], items[order], times[order]
+    else:
+        perm = rng.permutation(n)
+        users, items, times = users[perm], items[perm], times[perm]
+    got = order_and_dedupe(users, items, times)
+    want = lexsort_dedupe_reference(users, items, times)
+    for g, w in zip(got[:3], want[:3]):
+        assert g.tolist() == w.tolist()
+    assert got[3] == want[3] and (got[3] > 0) == repeats
+
+
+def test_draw_earlier_equals_the_lexsort_draw_even_with_tied_keys(monkeypatch):
+    """The draw takes, per user, the candidates with the smallest random keys (ties by position)."""
+    indptr = np.array([0, 12, 12, 30, 37])
+    candidate = np.random.default_rng(1).random(37) < 0.7
+
+    def reference(keys):
+        keys = keys.copy()
+        keys[~candidate] = 2.0
+        user = np.repeat(np.arange(4), np.diff(indptr))
+        order = np.lexsort((np.arange(37), keys, user))
+        rank = np.empty(37, dtype=np.int64)
+        rank[order] = np.arange(37) - indptr[user[order]]
+        return (rank < 4) & (keys <= 1.0)
+
+    draws = {"distinct": np.random.default_rng(7).random(37),
+             "tied": np.round(np.random.default_rng(7).random(37), 1)}  # tied keys: the stable fallback
+    for name, keys in draws.items():
+        class Fixed:
+            def random(self, n):
+                return keys.copy()
+        monkeypatch.setattr(np.random, "default_rng", lambda seed: Fixed())
+        assert _draw_earlier(indptr, candidate, 4, 0).tolist() == reference(keys).tolist(), name
 
 
 def random_raw(seed: int = 0, n_users: int = 40, n_items: int = 80) -> RawData:
