@@ -74,6 +74,7 @@ def main():
     split_root, full_root = data_dir / f"{name}-split", data_dir / f"{name}-full"
     report_dir = out_dir / f"{name}-report"
     runner = Runner(recipe, cfg.threads, cfg.device)
+    rerank.fit_threads(cfg.threads)  # the reranker, the one model fitted in this process, uses the same threads
     k = recipe.k
 
     print(f"1/5 preprocess {src} -> {split_root} (test + validation answers)"

@@ -72,6 +72,7 @@ def main():
         measure([PY, "03_inference.py", f"{data}/runs/{run}/checkpoint.pt", "--split", "valid", "--out-dir",
                  f"{data}/runs/{run}", "--threads", str(args.threads)])
     ds = Dataset(ROOT / data, "valid")
+    rerank.fit_threads(args.threads)
     cfg = rerank.RerankConfig()
     t0 = time.time()
     c = rerank.build_candidates(files, ds, 100, cfg)

@@ -3,6 +3,7 @@ gives the test candidates never depends on the test answers."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,15 @@ def test_learning_rows_keep_every_answer_and_cut_the_rest_to_max_pairs():
     assert np.array_equal(kept, rerank.learning_rows(y, rows, 50, seed=0))
     assert np.array_equal(rerank.learning_rows(y, rows, 0, seed=0), rows)
     assert np.array_equal(rerank.learning_rows(y, rows, 5000, seed=0), rows)
+
+
+def test_fit_threads_sets_the_classifiers_openmp_threads():
+    from threadpoolctl import threadpool_info
+
+    def openmp_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"}
+
+    with rerank.fit_threads(1):
+        assert openmp_threads() == {1}
+    with rerank.fit_threads(0):  # 0: one per core, whatever torch was set to
+        assert openmp_threads() == {os.cpu_count()}
