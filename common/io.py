@@ -98,6 +98,23 @@ def write_npz(path: Path, **arrays) -> None:
         Path(tmp).write_bytes(buf.getvalue())
 
 
+CSV_CHUNK_ROWS = 200_000  # rows formatted at a time by write_csv (bounds the Python strings alive at once)
+
+
+def write_csv(path: Path, columns: dict[str, np.ndarray], formats: dict[str, str] | None = None) -> None:
+    """Write equal-length columns as a CSV with a header, each row formatted by one %-template (`formats` maps a
+    column to its template, default "%d"). The same text as pandas' to_csv(index=False, float_format=...) for
+    numeric columns, about twice as fast."""
+    names = list(columns)
+    template = ",".join((formats or {}).get(n, "%d") for n in names).__mod__
+    n_rows = len(columns[names[0]]) if names else 0
+    with open(path, "w", newline="") as f:
+        f.write(",".join(names) + "\n")
+        for s in range(0, n_rows, CSV_CHUNK_ROWS):
+            rows = zip(*(np.asarray(columns[n][s:s + CSV_CHUNK_ROWS]).tolist() for n in names))
+            f.write("\n".join(map(template, rows)) + "\n")
+
+
 def read_npz(path: Path) -> dict:
     path = Path(path)
     if not path.exists():

@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from common.data import Dataset, csr_offsets, row_owners
-from common.io import InputError, file_sha256, json_text, read_json, staged_files
+from common.io import InputError, file_sha256, json_text, read_json, staged_files, write_csv
 from common.readers import read_csv_checked, int_column
 
 SUBMISSION_COLUMNS = ["user", "item"]
 CANDIDATE_COLUMNS = ["user", "item", "score", "rank"]
+SCORE_FORMAT = "%.6g"  # six significant digits
 
 
 def source_path(path: Path) -> Path:
@@ -40,12 +41,11 @@ def write_ranked(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, scores:
     if scores is not None:
         cols["score"] = scores.ravel()
         cols["rank"] = np.tile(np.arange(1, K + 1), U)
-    df = pd.DataFrame(cols)
-    if scores is not None:  # a user with fewer unseen items than K gets a shorter list
-        df = df[np.isfinite(df["score"].to_numpy())]
+        listed = np.isfinite(cols["score"])  # a user with fewer unseen items than K gets a shorter list
+        cols = {name: col[listed] for name, col in cols.items()}
     with nullcontext(stage) if stage is not None else staged_files() as st:
         tmp = st(path)
-        df.to_csv(tmp, index=False, float_format="%.6g")
+        write_csv(tmp, cols, {"score": SCORE_FORMAT})
         if source is not None:
             st(source_path(path)).write_text(json_text({**source, "file": Path(path).name,
                                                         "sha256": file_sha256(tmp)}))

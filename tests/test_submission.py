@@ -244,3 +244,18 @@ def test_the_reranker_orders_the_final_file(first):
     assert len(final) == 10 * full.n_users and (final.groupby("user")["item"].nunique() == 10).all()
     seen = {int(full.user_raw[u]): set(full.item_raw[full.sequence(u)].tolist()) for u in range(full.n_users)}
     assert not any(i in seen[u] for u, i in zip(final["user"], final["item"])), "a seen item was recommended"
+
+
+def test_write_csv_gives_the_text_of_pandas_to_csv(tmp_path, monkeypatch):
+    import common.io
+    monkeypatch.setattr(common.io, "CSV_CHUNK_ROWS", 7)  # several chunks
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.standard_normal(20) * 10.0 ** rng.integers(-8, 9, 20),
+                             [0.0, -0.0, 1e-5, 123456.5, 1234567.0, -2.5e-12]]).astype(np.float32)
+    cols = {"user": rng.integers(0, 10**9, len(scores)), "item": rng.integers(-5, 5, len(scores)),
+            "score": scores, "rank": np.arange(1, len(scores) + 1)}
+    common.io.write_csv(tmp_path / "fast.csv", cols, {"score": "%.6g"})
+    pd.DataFrame(cols).to_csv(tmp_path / "pandas.csv", index=False, float_format="%.6g")
+    assert (tmp_path / "fast.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+    common.io.write_csv(tmp_path / "empty.csv", {"user": np.zeros(0, np.int64), "item": np.zeros(0, np.int64)})
+    assert (tmp_path / "empty.csv").read_text() == "user,item\n"
