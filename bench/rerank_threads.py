@@ -22,8 +22,7 @@ import json, sys, time
 import numpy as np
 import torch  # loaded first, as in 06_submission.py
 from threadpoolctl import threadpool_info
-from common.rerank import RerankConfig, fit_threads
-from common.rerank import Candidates, fit
+from common.rerank import Candidates, RerankConfig, fit, fit_threads
 threads, pairs, features, torch_first = (int(a) for a in sys.argv[1:5])
 if torch_first:  # torch's own thread pool (and CUDA, where there is one) started before the fit
     torch.set_num_threads(torch_first)

@@ -124,10 +124,10 @@ def _draw_earlier(indptr: np.ndarray, candidate: np.ndarray, n_random: int, seed
     rng = np.random.default_rng(seed)
     keys = rng.random(n)
     keys[~candidate] = 2.0  # never drawn
-    # the order of np.lexsort((keys, user)) (by user, key, position) from two plain sorts: ~1.6x faster here
-    # keys are >= 0, so their int64 bit patterns sort like them (an integer sort is faster). The candidates'
-    # keys are distinct in practice, and then any sort equals the stable one: the non-candidates' order among
-    # themselves does not matter, as they rank after every candidate of their user and are never drawn
+    # the order of np.lexsort((keys, user)) (by user, key, position) from two plain sorts. Keys are >= 0, so
+    # their int64 bit patterns sort like them (an integer sort is faster). The candidates' keys are distinct in
+    # practice, and then any sort equals the stable one: the non-candidates rank after every candidate of their
+    # user and are never drawn, so their order among themselves does not matter
     by_key = np.argsort(keys.view(np.int64))
     sorted_keys = keys[by_key]
     if ((sorted_keys[1:] == sorted_keys[:-1]) & (sorted_keys[1:] <= 1.0)).any():

@@ -142,10 +142,9 @@ def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: Re
 
 def fit_threads(threads: int):
     """Let the classifier's OpenMP work use `threads` threads (0: one per core) from now on (or within a `with`
-    block, when used as one). Set explicitly
-    because a process that has started torch's thread pool holds two OpenMP runtimes, and the classifier's
-    default then follows torch's setting: on 16 cores, with torch at 2 threads, a fit took 12.5 s by default
-    and 4.1 s at 16 threads (bench/rerank_threads.py)."""
+    block, when used as one). Set explicitly because a process that has started torch's thread pool holds two
+    OpenMP runtimes, and the classifier's default then follows torch's setting: on 16 cores, with torch at 2
+    threads, a fit took 12.5 s by default and 4.1 s at 16 threads (bench/rerank_threads.py)."""
     return threadpool_limits(limits=threads or os.cpu_count() or 1, user_api="openmp")
 
 
