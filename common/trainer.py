@@ -61,6 +61,8 @@ class TrainerConfig:
     select: str = field(default="best", metadata={"choices": ("best", "last"), "help": "best: keep the best-scoring "
                                                   "epoch and stop early; last: train --epochs, read no answers"})
     patience: int = setting(10, "epochs without a better Recall@k before stopping", ge=1)
+    min_delta: float = setting(0.0, "patience restarts only when Recall@k beats the score that last restarted it "
+                                    "by more than this (the best epoch is still the one kept)", ge=0)
     k: int = setting(10, ge=1)
     eval_batch_size: int = setting(1024, ge=1)
     seed: int = setting(42, ge=0)
@@ -121,6 +123,7 @@ class Trainer:
         amp = autocast_dtype(cfg.amp, self.device)
         check_every = cfg.check_every or (1 if self.device.type == "cpu" else GPU_CHECK_EVERY)
         start_epoch, best, best_epoch, bad_epochs = 0, -math.inf, -1, 0
+        mark = -math.inf  # the score that last restarted the patience count
         last_path, best_path, metrics_path = out / "last.pt", out / "checkpoint.pt", out / "metrics.jsonl"
         if cfg.resume:
             if not last_path.exists():
@@ -136,6 +139,7 @@ class Trainer:
             if self.device.type == "cuda" and "cuda_rng" in st:
                 torch.cuda.set_rng_state(st["cuda_rng"], self.device)
             start_epoch, best, best_epoch, bad_epochs = st["epoch"] + 1, st["best_score"], st["best_epoch"], st["bad_epochs"]
+            mark = st.get("patience_mark", best)
             if w.main:
                 keep_epochs_before(metrics_path, start_epoch)
             print(f"resuming {out.name} at epoch {start_epoch}"
@@ -149,7 +153,7 @@ class Trainer:
                 return
             saved = task.checkpoint(kept)
             resume = {"stage": task.stage, "record": record, "optimizer": opt.state_dict(), "best_epoch": best_epoch,
-                      "bad_epochs": bad_epochs, "numpy_rng": rng.bit_generator.state,
+                      "bad_epochs": bad_epochs, "patience_mark": mark, "numpy_rng": rng.bit_generator.state,
                       "torch_rng": torch.get_rng_state(), "train_state_dict": model.state_dict()}
             if self.device.type == "cuda":
                 resume["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -203,7 +207,9 @@ class Trainer:
                     score = from_main(record[f"recall@{cfg.k}"], w, self.device)  # every rank stops together
                     improved = score > best
                     if improved:
-                        best, best_epoch, bad_epochs = score, epoch, 0
+                        best, best_epoch = score, epoch
+                    if score > mark + cfg.min_delta:
+                        mark, bad_epochs = score, 0
                     else:
                         bad_epochs += 1
                 record["seconds"] = round(time.time() - t0, 3)
@@ -214,7 +220,8 @@ class Trainer:
                     save(best_path, epoch, best if scored else None, record)
                 save(last_path, epoch, best, record)
                 if scored and bad_epochs >= cfg.patience:
-                    print(f"no better recall@{cfg.k} for {cfg.patience} epochs: stopping")
+                    gain = f" by more than {cfg.min_delta:g}" if cfg.min_delta else ""
+                    print(f"no better recall@{cfg.k}{gain} for {cfg.patience} epochs: stopping")
                     break
         except KeyboardInterrupt:
             saved = "continue with --resume" if last_path.exists() else "no epoch had finished; run it again"

@@ -5,6 +5,10 @@ to unit length and dropped out, encode it to a Gaussian posterior q(z|x) and dec
 all items; the loss is the multinomial log-likelihood of x plus a KL term. Scores are the decoder's
 logits at the posterior mean, with the padding column 0 at -inf.
 
+The rows stay sparse (`multihot`): about 2% of a row is set at competition size, so the first layer
+sums the weight rows of the user's items (`ItemBag`, one embedding bag) instead of multiplying a dense
+row, and the likelihood gathers the log-probabilities of those items only.
+
   multvae  Mult-VAE (Liang et al., WWW 2018): one tanh layer each way; KL weight annealed as
            min(beta, step / anneal_steps).
   recvae   RecVAE (Shenbin et al., WSDM 2020): a five-layer densely connected encoder (swish,
@@ -32,6 +36,7 @@ from common.utils import to_device
 LOG_2PI = math.log(2 * math.pi)
 PRIOR_WEIGHTS = (3 / 20, 3 / 4, 1 / 10)  # RecVAE's mixture: standard normal, previous posterior, wide normal
 WIDE_LOGVAR = 10.0
+NORM_EPS = 1e-12  # as F.normalize: an empty row stays zero
 
 
 @dataclass
@@ -51,9 +56,55 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
     return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 / logvar.exp())
 
 
-def multinomial_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """-Σ_i x_i log softmax(logits)_i per row [B]."""
-    return -(F.log_softmax(logits, dim=1) * x).sum(dim=1)
+def multihot(X, users: np.ndarray) -> dict:
+    """Rows `users` of the sparse [n_users, n_items + 1] matrix X as a batch: for each stored entry its
+    row in the batch, its column (item i is column i - 1) and its value, plus each row's first entry."""
+    rows = X[users][:, 1:].tocsr()  # column 0 is the padding item
+    return {"row": np.repeat(np.arange(len(users), dtype=np.int64), np.diff(rows.indptr)),
+            "item": rows.indices.astype(np.int64),
+            "value": rows.data.astype(np.float32),
+            "offsets": rows.indptr[:-1].astype(np.int64)}
+
+
+def n_rows(x: dict) -> int:
+    return len(x["offsets"])
+
+
+def row_sums(x: dict, per_entry: torch.Tensor) -> torch.Tensor:
+    """Σ over each row's entries of `per_entry` [nnz] -> [B]."""
+    return per_entry.new_zeros(n_rows(x)).index_add_(0, x["row"], per_entry)
+
+
+def multinomial_nll(logits: torch.Tensor, x: dict) -> torch.Tensor:
+    """-Σ_i x_i log softmax(logits)_i per row [B], read at the row's stored items only."""
+    return -row_sums(x, F.log_softmax(logits, dim=1)[x["row"], x["item"]] * x["value"])
+
+
+class ItemBag(nn.Module):
+    """A linear layer over sparse multi-hot rows: row u's output is bias + Σ_i w_ui · weight[i], where
+    w_u is the row normalised to unit length and dropped out. The weight is stored [n_items, width], one
+    row per item, so each row's sum is one embedding bag."""
+
+    def __init__(self, n_items: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_items, width))
+        self.bias = nn.Parameter(torch.empty(width))
+        bound = 1 / math.sqrt(n_items)  # nn.Linear's default over n_items inputs
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: dict, dropout: float = 0.0) -> torch.Tensor:
+        norm = row_sums(x, x["value"] ** 2).sqrt().clamp_min(NORM_EPS)
+        w = x["value"] / norm[x["row"]]
+        if self.training and dropout > 0:
+            w = w * (torch.rand_like(w) >= dropout) / (1 - dropout)
+        return F.embedding_bag(x["item"], self.weight, x["offsets"], mode="sum", per_sample_weights=w) + self.bias
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "weight"  # checkpoints from dense nn.Linear inputs hold the weight [width, n_items]
+        if key in state_dict and state_dict[key].shape == self.weight.shape[::-1] != self.weight.shape:
+            state_dict[key] = state_dict[key].t().contiguous()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -69,23 +120,22 @@ class MultVAE(nn.Module):
     def __init__(self, a: VAEArgs):
         super().__init__()
         self.args = a
-        self.encoder = nn.Linear(a.n_items, a.vae_hidden)
+        self.encoder = ItemBag(a.n_items, a.vae_hidden)
         self.posterior = nn.Linear(a.vae_hidden, 2 * a.latent)  # mu, logvar
         self.decoder = nn.Sequential(nn.Linear(a.latent, a.vae_hidden), nn.Tanh(), nn.Linear(a.vae_hidden, a.n_items))
         self.register_buffer("steps", torch.zeros(()))  # optimizer steps taken: anneals the KL
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, (nn.Linear, ItemBag)):
                 nn.init.xavier_normal_(m.weight)
                 nn.init.normal_(m.bias, std=0.001)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.dropout(F.normalize(x, dim=1), self.args.input_dropout, self.training)
-        return self.posterior(torch.tanh(self.encoder(h))).chunk(2, dim=1)  # [B, Z] each
+    def encode(self, x: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.posterior(torch.tanh(self.encoder(x, self.args.input_dropout))).chunk(2, dim=1)  # [B, Z] each
 
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
+    def scores(self, x: dict) -> torch.Tensor:
         return self.decoder(self.encode(x)[0])  # [B, n_items]
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def loss(self, x: dict) -> tuple[torch.Tensor, dict]:
         mu, logvar = self.encode(x)
         logits = self.decoder(reparameterize(mu, logvar, self.training))
         beta = min(self.args.beta, float(self.steps) / self.args.anneal_steps)
@@ -101,15 +151,15 @@ class DenseEncoder(nn.Module):
     def __init__(self, a: VAEArgs):
         super().__init__()
         self.args = a
-        self.fc = nn.ModuleList([nn.Linear(a.n_items, a.vae_hidden)]
+        self.fc = nn.ModuleList([ItemBag(a.n_items, a.vae_hidden)]
                                 + [nn.Linear(a.vae_hidden, a.vae_hidden) for _ in range(self.LAYERS - 1)])
         self.ln = nn.ModuleList(nn.LayerNorm(a.vae_hidden, eps=0.1) for _ in range(self.LAYERS))
         self.posterior = nn.Linear(a.vae_hidden, 2 * a.latent)
 
-    def forward(self, x: torch.Tensor, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.dropout(F.normalize(x, dim=1), dropout, self.training)
-        outs = []
-        for fc, ln in zip(self.fc, self.ln):
+    def forward(self, x: dict, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.ln[0](F.silu(self.fc[0](x, dropout)))  # [B, H]
+        outs = [h]
+        for fc, ln in zip(self.fc[1:], self.ln[1:]):
             h = ln(F.silu(fc(h) + sum(outs)))  # [B, H]
             outs.append(h)
         return self.posterior(h).chunk(2, dim=1)  # [B, Z] each
@@ -126,10 +176,10 @@ class RecVAE(nn.Module):
     def start_epoch(self) -> None:
         self.previous.load_state_dict(self.encoder.state_dict())
 
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
+    def scores(self, x: dict) -> torch.Tensor:
         return self.decoder(self.encoder(x, 0.0)[0])  # [B, n_items]
 
-    def log_prior(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def log_prior(self, x: dict, z: torch.Tensor) -> torch.Tensor:
         """log of the composite prior at z [B, Z], per coordinate."""
         mu_prev, logvar_prev = self.previous(x, 0.0)
         zero = torch.zeros_like(z)
@@ -137,13 +187,14 @@ class RecVAE(nn.Module):
                  gaussian_log_density(z, zero, zero + WIDE_LOGVAR)]
         return torch.logsumexp(torch.stack([p + math.log(w) for p, w in zip(parts, PRIOR_WEIGHTS)]), dim=0)
 
-    def loss(self, x: torch.Tensor, phase: str) -> tuple[torch.Tensor, dict]:
+    def loss(self, x: dict, phase: str) -> tuple[torch.Tensor, dict]:
         """The negative ELBO of a batch. phase "encoder": gradients reach the encoder only;
         "decoder": the decoder only, read with the input not dropped out."""
         with torch.set_grad_enabled(phase == "encoder"):
             mu, logvar = self.encoder(x, self.args.input_dropout if phase == "encoder" else 0.0)
             z = reparameterize(mu, logvar, self.training)
-            kl = (gaussian_log_density(z, mu, logvar) - self.log_prior(x, z)).sum(dim=1) * self.args.gamma * x.sum(1)
+            n_items = row_sums(x, torch.ones_like(x["value"]))  # |x_u|
+            kl = (gaussian_log_density(z, mu, logvar) - self.log_prior(x, z)).sum(dim=1) * self.args.gamma * n_items
         if phase == "encoder":
             logits = F.linear(z, self.decoder.weight.detach(), self.decoder.bias.detach())
         else:
@@ -165,8 +216,7 @@ class VAERecommender:
     @torch.no_grad()
     def score(self, users: np.ndarray) -> torch.Tensor:
         self.model.eval()
-        x = torch.from_numpy(self.X[users].toarray()[:, 1:]).to(self.device)  # [B, n_items]
-        s = self.model.scores(x)
+        s = self.model.scores(to_device(multihot(self.X, users), self.device))  # [B, n_items]
         return torch.cat([torch.full((len(users), 1), -math.inf, device=s.device), s], dim=1)  # [B, V]
 
 
@@ -197,13 +247,11 @@ class VAETask(RecommenderTask):
             steps = [b for _ in range(self.args.enc_passes) for b in self._pass("encoder")] + self._pass("decoder")
         else:
             steps = self._pass("all")
-        return Lazy(steps, lambda step: (step[0], to_device({"x": self.X[step[1]].toarray()[:, 1:]}, self.device)["x"]))
+        return Lazy(steps, lambda step: (step[0], to_device(multihot(self.X, step[1]), self.device)))
 
     def loss(self, batch: tuple) -> tuple[torch.Tensor, dict]:
         phase, x = batch
         return self.module.loss(x, phase) if self.kind == "recvae" else self.module.loss(x)
-
-
 
 
 def build_task(cfg, ds: Dataset, rng: np.random.Generator, device: torch.device) -> VAETask:

@@ -163,6 +163,7 @@ def cases(w: Path) -> dict[str, tuple[list, str]]:
         "train-input-dropout": ([*train, "--model", "multvae", "--input-dropout", "1"], "--input-dropout"),
         "train-latent": ([*train, "--model", "multvae", "--latent", "0"], "--latent"),
         "train-enc-passes": ([*train, "--model", "recvae", "--enc-passes", "0"], "--enc-passes"),
+        "train-min-delta": ([*sasrec, "--min-delta", "-0.1"], "--min-delta"),
         # 02_train.py: choices and relations
         "train-model": ([*train, "--model", "knn"], "--model"),
         "train-loss": ([*sasrec, "--loss", "hinge"], "--loss"),

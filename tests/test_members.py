@@ -15,7 +15,8 @@ from common.model import SASRecArgs
 from common.readers import RawData
 from common.recommend import build_recommender, top_k
 from common.training import fit, train_config
-from common.vae import MultVAE, RecVAE, VAEArgs
+from common.vae import ItemBag, MultVAE, RecVAE, VAEArgs, multihot, multinomial_nll
+from common.utils import to_device
 from conftest import describe, run_script
 
 N_ITEMS = 24
@@ -109,7 +110,7 @@ def test_cloze_masks_cover_every_row_and_only_real_items():
 def test_recvae_phases_step_one_half_each(tiny):
     model = RecVAE(VAEArgs(n_items=tiny.n_items, vae_hidden=8, latent=4)).train()
     model.start_epoch()
-    x = torch.from_numpy(tiny.seen_matrix()[:4].toarray()[:, 1:])
+    x = to_device(multihot(tiny.seen_matrix(), np.arange(4)), torch.device("cpu"))
     for phase, trained, frozen in (("encoder", model.encoder, model.decoder), ("decoder", model.decoder, model.encoder)):
         model.zero_grad(set_to_none=True)
         model.loss(x, phase)[0].backward()
@@ -120,9 +121,45 @@ def test_recvae_phases_step_one_half_each(tiny):
 
 def test_multvae_anneals_its_kl_weight(tiny):
     model = MultVAE(VAEArgs(n_items=tiny.n_items, vae_hidden=8, latent=4, beta=0.2, anneal_steps=10)).train()
-    x = torch.from_numpy(tiny.seen_matrix()[:4].toarray()[:, 1:])
+    x = to_device(multihot(tiny.seen_matrix(), np.arange(4)), torch.device("cpu"))
     betas = [model.loss(x)[1]["beta"] for _ in range(4)]
     assert betas == pytest.approx([0.0, 0.1, 0.2, 0.2])
+
+
+def test_sparse_rows_match_the_dense_formulas():
+    """The first layer and the likelihood over sparse rows equal the dense ones: normalise the row, multiply
+    by the weight; -Σ x_i log softmax_i. Row 1 is empty, row 2 holds weighted values, column 0 is dropped."""
+    import scipy.sparse as sp
+    X = sp.csr_matrix(np.array([[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [0, 0, 2.5, 0, 0.5], [0, 0, 1, 0, 0]], np.float32))
+    x = to_device(multihot(X, np.array([2, 1, 0, 3])), torch.device("cpu"))
+    xd = torch.from_numpy(X[[2, 1, 0, 3]].toarray()[:, 1:])
+    assert torch.equal(torch.zeros(4, 4).index_put_((x["row"], x["item"]), x["value"]), xd)
+    torch.manual_seed(0)
+    bag = ItemBag(4, 3).eval()
+    want = torch.nn.functional.normalize(xd, dim=1) @ bag.weight + bag.bias
+    torch.testing.assert_close(bag(x, dropout=0.5), want)  # no dropout outside training
+    assert torch.equal(bag(x)[1], bag.bias), "an empty row gives the bias alone"
+    logits = torch.randn(4, 4)
+    torch.testing.assert_close(multinomial_nll(logits, x), -(torch.log_softmax(logits, 1) * xd).sum(1))
+    assert multinomial_nll(logits, x)[1] == 0
+    bag.train()  # dropout keeps or zeroes whole entries, scaling the kept ones by 1 / (1 - p)
+    outs = torch.stack([bag(x, dropout=0.5) - bag.bias for _ in range(2000)])
+    torch.testing.assert_close(outs.mean(0), want - bag.bias, atol=0.03, rtol=0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        ratio = (bag(x, dropout=0.5) - bag.bias)[3] / bag.weight[1]
+    assert {round(float(v), 4) for v in ratio} <= {0.0, 2.0}
+
+
+def test_autoencoders_load_a_dense_input_checkpoint():
+    """Checkpoints that stored the first layer as nn.Linear ([width, n_items]) still load, transposed."""
+    torch.manual_seed(0)
+    model = MultVAE(VAEArgs(n_items=7, vae_hidden=5, latent=2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["encoder.weight"] = state["encoder.weight"].t().contiguous()  # [5, 7], as nn.Linear held it
+    fresh = MultVAE(VAEArgs(n_items=7, vae_hidden=5, latent=2))
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.encoder.weight, model.encoder.weight)
 
 
 @pytest.mark.parametrize("model, flags", [

@@ -99,6 +99,21 @@ def test_early_stopping_keeps_the_best_epoch(ds, tmp_path):
     assert (last["epoch"], last["best_epoch"], last["bad_epochs"]) == (4, 1, 3)
 
 
+def test_min_delta_stops_a_creeping_curve_and_keeps_its_best_epoch(ds, tmp_path):
+    """Gains of 0.0005 do not restart the patience count at --min-delta 0.001; the kept epoch is still
+    the best one. Against 0.2 (epoch 1's score), 0.2005 and 0.201 are not better by more than 0.001,
+    0.2015 is; then 0.202, 0.2024 and 0.2019 are not."""
+    scores = [0.1, 0.2, 0.2005, 0.201, 0.2015, 0.202, 0.2024, 0.2019, 0.3]
+    _, metrics = fit_toy(ScoredToyTask, ds, tmp_path / "run", epochs=10, patience=3, min_delta=0.001, scores=scores)
+    assert [m["recall@10"] for m in metrics] == scores[:8]
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert (ckpt["epoch"], ckpt["best_score"]) == (6, 0.2024)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (last["best_epoch"], last["bad_epochs"], last["patience_mark"]) == (6, 3, 0.2015)
+    _, plain = fit_toy(ScoredToyTask, ds, tmp_path / "plain", epochs=9, patience=3, scores=list(scores))
+    assert len(plain) == 9, "without --min-delta every gain restarts the count: no stop after 8 epochs"
+
+
 def test_select_last_reads_no_answers(ds, tmp_path):
     _, metrics = fit_toy(ScoredToyTask, ds, tmp_path / "run", epochs=3, select="last", scores=[])
     assert len(metrics) == 3 and not any("recall@10" in m or "answers" in m for m in metrics)
