@@ -6,8 +6,9 @@ recipes do). Test answers are never read here.
         --grid beta=0.2,0.5 lr=1e-3,3e-3 --seeds 3 4
 
 The splits are data/bench-ml-h<S>-split (bench/submission.py --dataset ml makes them). The splits of one
-point train side by side, one thread each. Prints a Markdown table, best mean first, and appends JSON lines
-to bench/results/member_grid.jsonl. Without --epochs in --args, each run trains up to 300 epochs with patience 30.
+point train side by side, one thread each; without --epochs in --args, each trains up to 300 epochs with
+patience 30. Prints a Markdown table, best mean first, and appends JSON lines to
+bench/results/member_grid.jsonl.
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def main() -> None:
         report("member_grid", rec)
         rows.append(rec)
     rows.sort(key=lambda r: -r["mean"])
-    lines = ["| setting | validation Recall@10 per split | mean | best epochs | seconds |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| setting | validation Recall@10 per split | mean | best epochs | seconds |",
+             "| --- | --- | --- | --- | --- |"]
     lines += [f"| {' '.join(f'{k}={v}' for k, v in r['point'].items()) or '(base)'} | "
               f"{' / '.join(f'{s:.4f}' for s in r['valid_recall'])} | {r['mean']:.4f} | "
               f"{' / '.join(map(str, r['best_epoch']))} | {r['seconds']} |" for r in rows]
