@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import shlex
 import subprocess
 import sys
@@ -26,7 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import PY, ROOT, report  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+from common.pipeline import read_curve  # noqa: E402
+
 DEFAULT_TRAINING = ["--epochs", "300", "--patience", "30"]
+K = 10
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -40,12 +43,11 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
 
 
 def best_valid(run: Path) -> tuple[float, int]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    scored = [r for r in records if r.get("answers") == "valid"]
-    if not scored:
-        raise SystemExit(f"{run}: no epoch scored on validation answers")
-    best = max(scored, key=lambda r: r["recall@10"])
-    return best["recall@10"], best["epoch"]
+    curve = read_curve(run, K)  # every epoch scored on validation answers (the runs pass --split valid)
+    if not curve:
+        raise SystemExit(f"{run}: no epoch was scored")
+    best = max(curve, key=lambda r: r["recall"])
+    return best["recall"], best["epoch"]
 
 
 def main() -> None:
@@ -69,8 +71,8 @@ def main() -> None:
             data = ROOT / "data" / f"bench-{a.dataset}-h{seed}-split"
             if not (data / "valid.npz").exists():
                 raise SystemExit(f"{data}: missing (run bench/submission.py --dataset {a.dataset} first)")
-            cmd = [PY, "02_train.py", "--data", str(data), *base, *flags, "--run-name", tag, "--threads", "1",
-                   "--no-progress"]
+            cmd = [PY, "02_train.py", "--data", str(data), *base, *flags, "--run-name", tag, "--split", "valid",
+                   "--threads", "1", "--no-progress"]
             procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         scores = []
         for seed, proc in zip(a.seeds, procs):

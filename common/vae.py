@@ -66,13 +66,9 @@ def multihot(X, users: np.ndarray) -> dict:
             "offsets": rows.indptr[:-1].astype(np.int64)}
 
 
-def n_rows(x: dict) -> int:
-    return len(x["offsets"])
-
-
 def row_sums(x: dict, per_entry: torch.Tensor) -> torch.Tensor:
     """Σ over each row's entries of `per_entry` [nnz] -> [B]."""
-    return per_entry.new_zeros(n_rows(x)).index_add_(0, x["row"], per_entry)
+    return per_entry.new_zeros(len(x["offsets"])).index_add_(0, x["row"], per_entry)
 
 
 def multinomial_nll(logits: torch.Tensor, x: dict) -> torch.Tensor:
