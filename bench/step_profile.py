@@ -35,7 +35,7 @@ from common.data import Dataset  # noqa: E402
 from common.io import read_json  # noqa: E402
 from common.losses import LOSSES  # noqa: E402
 from common.registry import model_module  # noqa: E402
-from common.trainer import autocast_dtype  # noqa: E402
+from common.trainer import adam, autocast_dtype  # noqa: E402
 from common.training import PRESETS, TrainConfig  # noqa: E402
 from common.utils import optimizer_step, pick_device, set_seed  # noqa: E402
 
@@ -115,7 +115,7 @@ def main():
     rng = np.random.default_rng(cfg.trainer.seed)
     task = model_module(cfg.model).build_task(cfg, ds, rng, device)
     model = task.module.train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.trainer.lr)
+    opt = adam(model, cfg.trainer.lr, cfg.trainer.weight_decay, device)
     amp = autocast_dtype(cfg.trainer.amp, device)
     batches = task.batches(0)
     n_steps = len(batches)

@@ -11,7 +11,6 @@ state scores every item: the question the hidden set's randomly dropped items as
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,14 +42,15 @@ class ClozeModel(nn.Module):
         self.mask_emb = nn.Parameter(torch.empty(args.hidden))
         nn.init.normal_(self.mask_emb, std=args.init_std)
 
-    def forward(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, L, H] of `seq` [B, L] (left-padded) with the positions `mask` [B, L] masked.
+    def forward(self, seq: torch.Tensor, mask: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """Hidden states [B, L, H] of `seq` [B, L] (left-padded) with the positions `mask` [B, L] masked;
+        with `last`, the last position's alone [B, 1, H] (the top block computes no other).
 
         Masked items are replaced by padding before the embedding lookup; `seq` itself only marks which
         positions are real (keys of the attention)."""
         x = self.encoder.embed(seq.masked_fill(mask, PAD))  # [B, L, H]
         x = torch.where(mask[..., None], x + self.mask_emb, x)
-        return self.encoder.encode(x, seq.masked_fill(mask, 1), causal=False)  # a masked position stays a key
+        return self.encoder.encode(x, seq.masked_fill(mask, 1), causal=False, last=last)  # a masked position stays a key
 
     def score_all(self, h: torch.Tensor) -> torch.Tensor:
         return self.encoder.score_all(h)
@@ -78,8 +78,7 @@ def cloze_loss(model: ClozeModel, batch: dict) -> torch.Tensor:
     h = model(seq, mask)[mask]  # [N, H]
     rows = mask.nonzero(as_tuple=True)[0]  # [N]
     visible = seq.masked_fill(mask, PAD)[rows]  # [N, L]
-    logits = model.score_all(h).scatter(1, visible, -math.inf)  # padding (0) is among `visible`
-    return ce_loss(logits, seq[mask])
+    return ce_loss(model.score_all(h), seq[mask], exclude=visible)  # padding (0) is among `visible`
 
 
 class ClozeRecommender(SASRecRecommender):
@@ -90,7 +89,7 @@ class ClozeRecommender(SASRecRecommender):
         seq = torch.from_numpy(np.concatenate([hist, np.zeros((len(users), 1), hist.dtype)], axis=1)).to(self.device)
         mask = torch.zeros_like(seq, dtype=torch.bool)
         mask[:, -1] = True
-        return self.model(seq, mask)[:, -1]  # [B, H]
+        return self.model(seq, mask, last=True)[:, -1]  # [B, H]
 
 
 class ClozeTask(RecommenderTask):

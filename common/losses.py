@@ -2,13 +2,15 @@
 
 Sampled losses take pos [N] and neg [N, M] logits of N target positions; a negative that must not
 count (it equals the target) has logit -inf. Full losses take logits [N, V] over every id (the
-padding column at -inf) and targets [N]. Over no rows a loss is 0, not NaN.
+padding column at -inf), targets [N] (or [N, K]) and exclude [N, E] or None: ids left out of each
+row's softmax. Over no rows a loss is 0, not NaN.
 To add a next-item loss: write the function, then add one `Loss` line to LOSSES.
 The pretraining objectives (S3-Rec) are two shapes: a multi-label attribute loss (AAP from item
 embeddings, MAP from hidden states) and a bilinear positive-vs-negative loss (MIP, SP).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,11 +30,39 @@ def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(pos[:, None] - neg).mean()
 
 
-def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+class _SoftmaxCE(torch.autograd.Function):
+    """Mean softmax cross-entropy of logits [N, V] against target [N], fused: the forward pass keeps no
+    [N, V] log-softmax, and the backward pass writes softmax - one-hot once. The ids in exclude [N, E]
+    are set to -inf in `logits` itself: the caller's product is not read again."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+        if logits.dtype not in (torch.float32, torch.float64):  # reduced precision (autocast): sum in fp32
+            logits = logits.float()
+        if exclude is not None:
+            logits.scatter_(1, exclude, -math.inf)
+        lse = torch.logsumexp(logits, dim=1)  # [N]
+        ctx.save_for_backward(logits, lse, target)
+        return (lse - logits.gather(1, target[:, None])[:, 0]).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, lse, target = ctx.saved_tensors
+        d = (logits - lse[:, None]).exp_()  # softmax; 0 at the excluded ids
+        d[torch.arange(len(target), device=d.device), target] -= 1
+        return d.mul_(grad / len(target)), None, None
+
+
+def ce_loss(logits: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax cross-entropy over every item. target [N], or [N, K] with several targets per
-    position (0 = none): the mean of -log softmax over the real ones."""
+    position (0 = none): the mean of -log softmax over the real ones. exclude [N, E]: ids left out of
+    row n's softmax (never an answer); they are set to -inf in `logits` in place."""
+    if len(logits) == 0:
+        return logits.sum()
     if target.dim() == 1:
-        return F.cross_entropy(logits, target)
+        return _SoftmaxCE.apply(logits, target, exclude)
+    if exclude is not None:
+        logits = logits.scatter(1, exclude, -math.inf)
     logp = F.log_softmax(logits, dim=1)  # [N, V]
     return -logp.gather(1, target)[target != 0].mean()
 
@@ -71,7 +101,7 @@ def bilinear_bce_loss(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, hea
 @dataclass(frozen=True)
 class Loss:
     fn: Callable
-    kind: str  # "full": fn(logits [N, V], target [N]); otherwise fn(pos [N], neg [N, M])
+    kind: str  # "full": fn(logits [N, V], target [N], exclude [N, E] | None); otherwise fn(pos [N], neg [N, M])
     negatives: str = "none"  # "per_position": drawn per target, unseen by its user; "shared": per batch
 
 

@@ -59,9 +59,8 @@ def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     if spec.kind == "full":
         logits = model.score_all(h)  # [N, V]
         logits[:, 0] = -math.inf  # padding is never an answer (the product's backward does not read it)
-        if "exclude" in batch:  # the items the row reads: never an answer, as at inference
-            logits = logits.scatter(1, batch["exclude"][positions // L], -math.inf)
-        return spec.fn(logits, target if future is None else future)
+        exclude = batch["exclude"][positions // L] if "exclude" in batch else None  # the row's items, as at inference
+        return spec.fn(logits, target if future is None else future, exclude)
     if future is not None:  # one (position, future item) pair per target, in row-major order
         rows, k = torch.nonzero(future, as_tuple=True)
         h, target = h[rows], future[rows, k]  # [P, H], [P]

@@ -94,6 +94,13 @@ def format_record(record: dict) -> str:
     return " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
 
 
+def adam(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Adam:
+    """Adam over the model's parameters, as one fused kernel per step on CPU and CUDA (the per-tensor
+    loop costs more than the model's own step when a wide item layer is trained)."""
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay,
+                            fused=device.type in ("cpu", "cuda"))
+
+
 def autocast_dtype(amp: str, device: torch.device):
     """The autocast dtype of --amp on `device`, or None for full precision."""
     if amp != "bf16":
@@ -116,7 +123,7 @@ class Trainer:
             out.mkdir(parents=True, exist_ok=True)
         model = task.module
         step_loss = data_parallel(task, self.device, w)  # before the moving average: it copies the broadcast weights
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = adam(model, cfg.lr, cfg.weight_decay, self.device)
         # the weights that are scored and saved: the model itself, or the moving average of its steps
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
         kept = ema.module if ema else model

@@ -154,10 +154,10 @@ class DenseEncoder(nn.Module):
 
     def forward(self, x: dict, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.ln[0](F.silu(self.fc[0](x, dropout)))  # [B, H]
-        outs = [h]
+        earlier = h  # the sum of all earlier layers' outputs
         for fc, ln in zip(self.fc[1:], self.ln[1:]):
-            h = ln(F.silu(fc(h) + sum(outs)))  # [B, H]
-            outs.append(h)
+            h = ln(F.silu(fc(h) + earlier))  # [B, H]
+            earlier = earlier + h
         return self.posterior(h).chunk(2, dim=1)  # [B, Z] each
 
 

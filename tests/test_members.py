@@ -99,6 +99,20 @@ def test_cloze_never_sees_its_masked_targets(tiny):
     assert torch.isfinite(loss) and loss > 0
 
 
+def test_cloze_last_position_alone_matches_the_full_forward(tiny):
+    """What recommending reads: the masked last position, computed alone in the top block."""
+    torch.manual_seed(0)
+    model = ClozeModel(SASRecArgs(n_items=tiny.n_items, hidden=16, heads=2, layers=2, max_len=9)).eval()
+    seq = torch.from_numpy(np.stack([tiny.sequence(u) for u in range(tiny.n_users)]))
+    seq[:3, :4] = 0  # some rows left-padded
+    mask = torch.zeros_like(seq, dtype=torch.bool)
+    mask[:, -1] = True
+    with torch.no_grad():
+        full, last = model(seq, mask), model(seq, mask, last=True)
+    assert last.shape == (tiny.n_users, 1, 16)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-6)
+
+
 def test_cloze_masks_cover_every_row_and_only_real_items():
     seq = np.array([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 7]])
     for seed in range(20):

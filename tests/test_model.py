@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -255,6 +256,41 @@ def test_ce_loss_by_hand_ignores_padding_column():
     z1 = math.exp(-1.0) + math.exp(0.0) + math.exp(3.0)
     by_hand = (-math.log(math.exp(2.0) / z0) - math.log(math.exp(-1.0) / z1)) / 2
     assert ce_loss(logits, target).item() == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_ce_loss_exclusion_by_hand():
+    # row 0 leaves out ids 3 (and padding): loss_0 = -log( e^{x_2} / (e^{x_1} + e^{x_2}) )
+    logits = torch.tensor([[0.3, 1.0, 2.0, 5.0], [-1.0, -1.0, 0.0, 3.0]], dtype=torch.float64)
+    target, exclude = torch.tensor([2, 3]), torch.tensor([[3, 0], [0, 0]])
+    t0 = -math.log(math.exp(2.0) / (math.exp(1.0) + math.exp(2.0)))
+    t1 = -math.log(math.exp(3.0) / (math.exp(-1.0) + math.exp(0.0) + math.exp(3.0)))
+    assert ce_loss(logits, target, exclude).item() == pytest.approx((t0 + t1) / 2, rel=1e-12)
+
+
+def test_fused_ce_loss_matches_log_softmax_and_its_gradient():
+    torch.manual_seed(0)
+    N, V, H = 7, 12, 4
+    h, w = torch.randn(N, H, dtype=torch.float64, requires_grad=True), torch.randn(V, H, dtype=torch.float64)
+    target = torch.randint(1, V, (N,))
+    exclude = torch.randint(0, V, (N, 5))
+    exclude = torch.where(exclude == target[:, None], 0, exclude)  # repeats and padding among the ids
+    reference = F.cross_entropy((h @ w.T).scatter(1, exclude, -math.inf), target)
+    (g_ref,) = torch.autograd.grad(reference, h)
+    fused = ce_loss(h @ w.T, target, exclude)
+    (g_fused,) = torch.autograd.grad(fused, h)
+    assert fused.item() == pytest.approx(reference.item(), rel=1e-12)
+    assert torch.allclose(g_fused, g_ref, rtol=1e-10, atol=1e-12)
+    logits = torch.randn(N, V, dtype=torch.float64, requires_grad=True)
+    ce_loss(logits * 1.0, target, exclude).backward()
+    assert (logits.grad.gather(1, exclude) == 0).all(), "an excluded id gets no gradient"
+    assert torch.allclose(logits.grad.sum(1), torch.zeros(N, dtype=torch.float64), atol=1e-12)  # softmax - one-hot
+
+
+def test_ce_loss_over_no_rows_is_zero():
+    logits = torch.zeros(0, 5, requires_grad=True)
+    loss = ce_loss(logits, torch.zeros(0, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long))
+    assert loss.item() == 0.0
+    loss.backward()
 
 
 def test_sampled_softmax_by_hand_and_masked_negatives():
