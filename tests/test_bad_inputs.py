@@ -318,6 +318,8 @@ def test_no_case_leaves_a_file_behind(results):
 def start_training(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen, list[str], Path]:
     """02_train.py started in the background on a fresh small dataset: (process, its flags, its run folder)."""
     build_dataset(read_raw(write_raw(tmp_path / "raw")), tmp_path / "d", 2, 2, seed=0, name="d")
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # pytest started as `... &` by a script: the child would
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # inherit the ignored SIGINT and never see it
     common = ["02_train.py", "--data", str(tmp_path / "d"), "--hidden", "8", "--max-len", "10", "--run-name", "r",
               "--no-progress", "--threads", "1", *flags]
     p = subprocess.Popen([sys.executable, *common], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
