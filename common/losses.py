@@ -56,7 +56,7 @@ class _SoftmaxCE(torch.autograd.Function):
 def ce_loss(logits: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax cross-entropy over every item. target [N], or [N, K] with several targets per
     position (0 = none): the mean of -log softmax over the real ones. exclude [N, E]: ids left out of
-    row n's softmax (never an answer); they are set to -inf in `logits` in place."""
+    row n's softmax (never an answer); with one target per row they are set to -inf in `logits` in place."""
     if len(logits) == 0:
         return logits.sum()
     if target.dim() == 1:
