@@ -6,6 +6,7 @@ item has position 0), so extra left padding leaves every real position's output 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +52,45 @@ def attention_mask(seq: torch.Tensor, causal: bool = True) -> torch.Tensor:
     return (order & keys) | diag  # [B, 1, L, L]
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p). On a CPU the
+    mask comes from uniform floats, which torch draws about 4x faster than F.dropout's per-element Bernoulli
+    draws (forward and backward of [256, 50, 64] on 2 threads: 7 against 15 ms); elsewhere F.dropout's one
+    fused kernel."""
+    if not training or p == 0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    return x * (torch.rand_like(x) >= p) / (1 - p)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    """Scaled dot-product attention [B, nh, Lq, hs] of q [B, nh, Lq, hs] over k, v [B, nh, L, hs], with dropout
+    p on its weights; mask [B, 1, Lq, L] is True where a query may read a key. F.scaled_dot_product_attention,
+    except on a CPU with dropout: that fused kernel draws its dropout per element, which then costs more than
+    the attention itself, so there the same arithmetic runs as batched products with `dropout`'s mask
+    ([256, 2, 50, 32], p = 0.5, forward and backward on 2 threads: 27 against 40 ms)."""
+    if p == 0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
+    w = torch.softmax(q @ k.transpose(-1, -2) * q.size(-1) ** -0.5 + bias, dim=-1)  # [B, nh, Lq, L]
+    return dropout(w, p, True) @ v
+
+
+class Dropout(nn.Module):
+    """nn.Dropout through `dropout`."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def rowwise(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """module(x) for one position per user, [B, 1, H], computed in float64 and rounded back: a product over as
     few rows as a batch has users rounds differently by that count, this one does not (as the scoring)."""
@@ -75,8 +115,7 @@ class SelfAttention(nn.Module):
             q, mask = q[:, -1:], mask[:, :, -1:]  # one query, every key
         q = q.reshape(B, q.size(1), self.heads, H // self.heads).transpose(1, 2)  # [B, nh, Lq, hs]
         k, v = (t.view(B, L, self.heads, H // self.heads).transpose(1, 2) for t in (k, v))  # [B, nh, L, hs]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout_attn if self.training else 0.0)  # [B, nh, Lq, hs]
+        y = attend(q, k, v, mask, self.dropout_attn if self.training else 0.0)  # [B, nh, Lq, hs]
         y = y.transpose(1, 2).reshape(B, q.size(2), H)  # [B, Lq, H]
         return rowwise(self.proj, y) if last else self.proj(y)
 
@@ -88,7 +127,7 @@ class Block(nn.Module):
         self.attn = SelfAttention(a)
         self.ffn = nn.Sequential(nn.Linear(a.hidden, 4 * a.hidden), nn.GELU(), nn.Linear(4 * a.hidden, a.hidden))
         self.ln1, self.ln2 = nn.LayerNorm(a.hidden), nn.LayerNorm(a.hidden)
-        self.drop = nn.Dropout(a.dropout_hidden)
+        self.drop = Dropout(a.dropout_hidden)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, last: bool = False) -> torch.Tensor:
         """[B, L, H] -> [B, L, H]; with `last`, only the last position [B, 1, H] (its keys still read all)."""
@@ -108,7 +147,7 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(a.n_items + 1, a.hidden, padding_idx=PAD)
         self.pos_emb = nn.Embedding(a.max_len, a.hidden)
         self.ln_in = nn.LayerNorm(a.hidden)
-        self.drop = nn.Dropout(a.dropout_hidden)
+        self.drop = Dropout(a.dropout_hidden)
         self.blocks = nn.ModuleList(Block(a) for _ in range(a.layers))
         self.ln_out = nn.LayerNorm(a.hidden) if a.final_ln else nn.Identity()
         self.out_emb = None if a.tied else nn.Embedding(a.n_items + 1, a.hidden, padding_idx=PAD)

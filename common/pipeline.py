@@ -14,7 +14,8 @@ honest score); learned the same way on the test candidates and answers, it order
 
 A run is keyed by its arguments and its data set's fingerprint: <dataset>/runs/<member>-<phase>-s<seed>-<key>.
 A finished run is reused (its step.json); an interrupted one resumes from its last.pt; a run made on other
-data has another key, and its step.json must name the same fingerprint, so it is never reused.
+data has another key, and its step.json must name the same fingerprint, so it is never reused. Where a run
+runs (--threads, --device) is not part of its key: a run trained on a GPU machine is reused on a CPU one.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ class Runner:
 
     def __init__(self, recipe: Recipe, threads: int, device: str):
         self.recipe = recipe
-        self.common = ["--threads", str(threads), "--device", device]
+        self.placement = ["--threads", str(threads), "--device", device]  # where a run runs, not what it is
         self.steps: list[dict] = []
 
     def child(self, what: str, argv: list[str], log: Path) -> dict:
@@ -100,9 +101,8 @@ class Runner:
             split: str) -> dict:
         """Train member at `extra` flags on `split` of the data set, infer its candidates; reuse if done."""
         train = ["02_train.py", "--data", str(ds_root), *member.args, *self.recipe.train_args, *extra,
-                 "--seed", str(seed), "--split", split, "--no-progress", *self.common]
-        infer_opts = ["--split", split, "--k", str(self.recipe.k), "--candidates", str(self.recipe.candidates),
-                      *self.common]
+                 "--seed", str(seed), "--split", split, "--no-progress"]
+        infer_opts = ["--split", split, "--k", str(self.recipe.k), "--candidates", str(self.recipe.candidates)]
         key = hashlib.sha256(json.dumps({"train": train, "infer": infer_opts, "fingerprint": fingerprint})
                              .encode()).hexdigest()[:10]
         run = f"{member.name}-{phase}-s{seed}-{key}"
@@ -121,11 +121,11 @@ class Runner:
         else:
             resume = ["--resume"] if (run_dir / "last.pt").exists() else []
             trained = self.child(f"train {label}" + (" (resuming)" if resume else ""),
-                                 [*train, "--run-name", run, *resume], log)
+                                 [*train, *self.placement, "--run-name", run, *resume], log)
             write_json(run_dir / TRAINED_FILE, trained)
         before = log.read_text() if log.exists() else ""
         inferred = self.child(f"infer {label}", ["03_inference.py", run_dir / "checkpoint.pt", *infer_opts,
-                                                 "--out-dir", run_dir], log)
+                                                 *self.placement, "--out-dir", run_dir], log)
         scores = last_json(log.read_text()[len(before):])
         config = flat_dict(read_json(run_dir / "config.json"))
         curve = read_curve(run_dir, self.recipe.k)

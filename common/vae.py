@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from common.config import setting
 from common.data import Dataset
+from common.model import dropout as drop_out
 from common.recommend import RecommenderTask, restored
 from common.trainer import Lazy
 from common.utils import to_device
@@ -92,8 +93,7 @@ class ItemBag(nn.Module):
     def forward(self, x: dict, dropout: float = 0.0) -> torch.Tensor:
         norm = row_sums(x, x["value"] ** 2).sqrt().clamp_min(NORM_EPS)
         w = x["value"] / norm[x["row"]]
-        if self.training and dropout > 0:
-            w = w * (torch.rand_like(w) >= dropout) / (1 - dropout)
+        w = drop_out(w, dropout, self.training)
         return F.embedding_bag(x["item"], self.weight, x["offsets"], mode="sum", per_sample_weights=w) + self.bias
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.losses import LOSSES, bce_loss, bpr_loss, ce_loss, sampled_softmax_loss  # noqa: E402
-from common.model import PAD, SASRec, SASRecArgs, attention_mask  # noqa: E402
+from common.model import PAD, SASRec, SASRecArgs, attend, attention_mask, dropout  # noqa: E402
 
 N_ITEMS = 30
 MAX_LEN = 12
@@ -315,3 +315,38 @@ def test_losses_have_gradients_in_the_right_direction():
         fn(pos, neg).backward()
         assert (pos.grad < 0).all(), "raising a positive score must lower the loss"
         assert (neg.grad > 0).all(), "raising a negative score must raise the loss"
+
+
+def test_dropout_zeroes_about_p_scales_the_rest_and_routes_the_gradient_through_the_mask():
+    x = torch.rand(200, 500) + 0.5  # no zero before dropout
+    assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0, training=True) is x
+    torch.manual_seed(0)
+    x.requires_grad_(True)
+    y = dropout(x, 0.3, training=True)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.3) < 0.01  # 100,000 draws: the std of the share is 0.0015
+    torch.testing.assert_close(y[kept], x[kept] / 0.7)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x.detach(), 0.3, training=True) != 0, kept), "the same seed, the same mask"
+
+
+def test_attention_with_dropout_on_cpu_drops_weights_of_the_masked_softmax():
+    """With v = the identity, attend returns its (dropped-out) weights: each is 0 or the softmax weight
+    scaled by 1 / (1 - p), masked keys are always 0, and about p of the allowed ones are dropped."""
+    torch.manual_seed(0)
+    B, nh, L = 64, 2, 12
+    q, k = torch.randn(B, nh, L, 8), torch.randn(B, nh, L, 8)
+    v = torch.eye(L).expand(B, nh, L, L)
+    seq = torch.randint(1, 50, (B, L))
+    seq[:, :4] = PAD
+    mask = attention_mask(seq)
+    w = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # no dropout: the weights themselves
+    torch.testing.assert_close(attend(q, k, v, mask, 0.0), w)
+    d = attend(q, k, v, mask, 0.25)
+    allowed = mask.expand_as(d)
+    assert (d[~allowed] == 0).all()
+    kept = d != 0
+    torch.testing.assert_close(d[kept], w[kept] / 0.75)
+    assert abs(1 - kept[allowed].float().mean().item() - 0.25) < 0.03  # ~5,000 allowed weights
