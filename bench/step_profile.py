@@ -4,6 +4,7 @@
     .venv/bin/python bench/step_profile.py -- --preset holdout-ce           # flags after -- go to 02_train.py's config
     .venv/bin/python bench/step_profile.py --data data/ml-latest-small -- --amp bf16
     python bench/step_profile.py --device cuda -- --preset holdout-ce       # a GPU
+    .venv/bin/python bench/step_profile.py --compile                        # the forward through torch.compile
 
 It prints, from one run:
   * the machine's matmul rate, measured here (a 2048^3 torch product, fp32 and bf16);
@@ -93,6 +94,8 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model's forward first (a measurement; 02_train.py does not compile)")
     args, extra = ap.parse_known_args()
     extra = [a for a in extra if a != "--"]
     if args.data == "full":
@@ -115,6 +118,8 @@ def main():
     rng = np.random.default_rng(cfg.trainer.seed)
     task = model_module(cfg.model).build_task(cfg, ds, rng, device)
     model = task.module.train()
+    if args.compile:
+        model.forward = torch.compile(model.forward)  # compiled during the warm-up steps
     opt = adam(model, cfg.trainer.lr, cfg.trainer.weight_decay, device)
     amp = autocast_dtype(cfg.trainer.amp, device)
     batches = task.batches(0)
@@ -154,6 +159,7 @@ def main():
     sync(device)
     eval_seconds = time.perf_counter() - t0
     epoch = n_steps * seconds + eval_seconds
+    model.train()  # the evaluation left it in eval mode: the profiled steps train, as the timed ones did
     print(f"epoch estimate: {n_steps} steps x {seconds:.3f} s + evaluation {eval_seconds:.1f} s = {epoch:.1f} s")
 
     activities = [torch.profiler.ProfilerActivity.CPU] + (
@@ -170,6 +176,7 @@ def main():
     out.mkdir(exist_ok=True)
     (out / f"profile-{tag}.txt").write_text(table)
     report("profile", {"tag": tag, "data": Path(cfg.data).name, "args": " ".join(extra), "device": str(device),
+                       "compile": args.compile,
                        "threads": threads, "matmul_gflops_fp32": round(rates["fp32"], 1),
                        "matmul_gflops_bf16": round(rates["bf16"], 1), "step_ms": round(seconds * 1000, 2),
                        "batch_ms": round(t_batch / args.steps * 1000, 2), "gflop_per_step": round(flops / args.steps / 1e9, 3),
