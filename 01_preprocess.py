@@ -4,7 +4,8 @@ Detects the layout (competition, MovieLens csv/dat/100k, S3-Rec txt) unless --fo
 With a hold-out (default 5 last + 5 random earlier per user; --holdout-cutoff q: everything after the
 q-quantile of all timestamps + random earlier ones) it also writes the local test answers, and with
 --validation (default) validation answers carved out of the training part the same way: every choice
-reads those, the test answers are only reported. --no-holdout keeps everything for training, the mode
+reads those, the test answers are only reported. --carves N adds N - 1 further draws of the validation
+answers (validJ.npz) for a learned second stage to learn from. --no-holdout keeps everything for training, the mode
 for the final submission.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import config_json, parse_config, setting
-from common.data import NOT_A_YEAR, build_dataset
+from common.data import MAX_CARVES, NOT_A_YEAR, build_dataset
 from common.io import InputError, run_main
 from common.readers import FORMATS, read_raw
 from common.utils import set_seed
@@ -33,6 +34,8 @@ class PreprocessConfig:
                                          "(0, 1) (0: per user)", ge=0, lt=1)
     validation: bool = setting(True, "carve validation answers out of the training part the same way "
                                      "(--no-validation: test only)")
+    carves: int = setting(1, "validation carves: 2 or more add validJ.npz, further random draws of the "
+                             "validation answers for a learned second stage to learn from", ge=1, le=MAX_CARVES)
     seed: int = setting(0, ge=0)
 
     RULES = ((lambda c: not c.holdout or c.holdout_cutoff > 0 or c.holdout_last + c.holdout_random > 0,
@@ -51,7 +54,7 @@ def main():
         raise InputError(f"{src}: S3-Rec sequences carry no timestamps, so --holdout-cutoff has no time to cut at; "
                          "use --holdout-last/--holdout-random")
     s = build_dataset(raw, out, cfg.holdout_last, cfg.holdout_random, cfg.seed, cfg.holdout, name,
-                      validation=cfg.validation, cutoff=cfg.holdout_cutoff,
+                      validation=cfg.validation, cutoff=cfg.holdout_cutoff, carves=cfg.carves,
                       extra={"preprocess_config.json": config_json(cfg)})
     print(f"{raw.source}: {s.n_users:,} users, {s.n_items:,} items, {s.n_interactions:,} interactions "
           f"({s.duplicates_dropped:,} repeated pairs dropped), {s.n_attributes:,} attributes")
@@ -61,12 +64,17 @@ def main():
         if n:
             what = "rows ignored" if kind == NOT_A_YEAR else "rows for items without interactions were ignored"
             print(f"note: {kind}: {n:,} {what}")
+    s_carves = cfg.carves if cfg.holdout and cfg.validation else 1
     held = f"{s.n_holdout:,} test answers for {s.n_holdout_users:,} users" if cfg.holdout else "no hold-out"
     if s.n_valid:
         held += f", of the training rows {s.n_valid:,} validation answers for {s.n_valid_users:,} users"
+        if cfg.carves > 1:
+            held += f" (and {cfg.carves - 1} more draws of them)"
     print(f"train {s.n_train:,} rows, {held}")
     print(f"wrote {out}/ (meta.json, maps.npz, sequences.npz, holdout.npz, valid.npz, answers.csv, "
-          f"valid_answers.csv, attributes.*) in {time.time() - t0:.1f}s")
+          f"valid_answers.csv, "
+          f"{''.join(f'valid{j}.npz, valid{j}_answers.csv, ' for j in range(2, s_carves + 1))}attributes.*) in "
+          f"{time.time() - t0:.1f}s")
 
 
 if __name__ == "__main__":

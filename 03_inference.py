@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import parse_config, save_config, setting
-from common.data import SPLITS, Dataset
+from common.data import SPLITS, Dataset, split_suffix
 from common.io import InputError, run_main, staged_files
 from common.metrics import all_metrics
 from common.checkpoint import check_dataset_matches, load_checkpoint
@@ -53,7 +53,7 @@ def main():
     n = max(cfg.k, cfg.candidates)
     if n > ds.n_items:
         raise InputError(f"--k/--candidates {n} exceeds the {ds.n_items} items of {ds.root}")
-    run = ckpt_path.parent.name + (".valid" if cfg.split == "valid" else "")
+    run = ckpt_path.parent.name + split_suffix(cfg.split)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)  # before the scoring: an unusable path fails at once
     device = pick_device(cfg.device, cfg.threads)

@@ -32,8 +32,8 @@ class EvaluateConfig:
 def main():
     cfg = parse_config(EvaluateConfig, description=__doc__)
     ds = Dataset(Path(cfg.data), cfg.split)
-    answers_path = Path(cfg.answers) if cfg.answers else ds.root / ("valid_answers.csv" if cfg.split == "valid"
-                                                                    else "answers.csv")
+    answers_path = Path(cfg.answers) if cfg.answers else ds.root / ("answers.csv" if cfg.split == "test"
+                                                                    else f"{cfg.split}_answers.csv")
     if not cfg.answers and not ds.has_holdout:
         raise InputError(f"{ds.root}: preprocessed without a hold-out; pass --answers")
     ans_indptr, ans_items = read_answers(answers_path, ds)

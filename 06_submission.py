@@ -2,7 +2,9 @@
 
   1. preprocess the input twice: <name>-split (test hold-out, validation carved out of its training part)
      and <name>-full (everything, no hold-out)
-  2. tune on the validation answers: every member's grid and best epoch, then the blend weights
+  2. tune on the validation answers: every member's grid and best epoch, then the blend weights (with
+     blend = "rerank" and `carves` > 1, the members are also fitted at their chosen settings on each extra
+     validation carve, whose answers the reranker learns from as well)
   3. refit each member at its chosen settings on the split's training part and score it, and the blend,
      on the test answers, which no step chose on
   4. refit on the full data and blend into submissions/<name>-final.csv
@@ -82,8 +84,11 @@ def main():
     holdout = ["--holdout-last", str(cfg.holdout_last), "--holdout-random", str(cfg.holdout_random),
                "--holdout-cutoff", str(cfg.holdout_cutoff), "--seed", str(cfg.seed)]
     base = ["01_preprocess.py", "--input", str(src), "--format", cfg.format]
+    reranked = recipe.blend == "rerank"
+    carves = recipe.rerank.carves if reranked else 1
     runner.child("preprocess split", [*base, "--out", split_root, "--name", split_root.name, *holdout,
-                                      "--validation"], report_dir / "logs" / "preprocess-split.txt")
+                                      "--validation", "--carves", str(carves)],
+                 report_dir / "logs" / "preprocess-split.txt")
     if cfg.final:
         runner.child("preprocess full", [*base, "--out", full_root, "--name", full_root.name, "--no-holdout"],
                      report_dir / "logs" / "preprocess-full.txt")
@@ -98,13 +103,19 @@ def main():
     weights, _, trace = tune_weights(recipe, tune_runs, valid_ds)
     _, _, valid_blend = blend_runs(recipe, tune_runs, weights, valid_ds)  # scored like every other blend
     print(f"  weights {json.dumps(weights)}: validation recall@{k} {valid_blend[f'recall@{k}']:.4f}")
-    reranked = recipe.blend == "rerank"
-    rr = {}
+    rr, carve_sets, carve_runs = {}, [], []
     if reranked:
+        for j in range(2, carves + 1):  # the members again, at their chosen settings, on each extra carve
+            carve_ds = Dataset(split_root, f"valid{j}")
+            print(f"  carve {j} of {carves}: fit every member on {carve_ds.answers_label}")
+            carve_runs.append({m.name: [runner.fit(split_root, carve_ds.fingerprint, f"carve{j}", m, r["seed"],
+                                                   refit_flags(recipe, tuned[m.name], r), carve_ds.split)
+                                        for r in tune_runs[m.name]] for m in recipe.members})
+            carve_sets.append((rerank_candidates(recipe, carve_runs[-1], carve_ds, weights), carve_ds))
         t_rr = time.time()
         valid_c = rerank_candidates(recipe, tune_runs, valid_ds, weights)
-        rr["valid"], rr["importance"] = rerank.cross_fit(valid_c, valid_ds, recipe.rerank, k)
-        rr["valid_seconds"] = round(time.time() - t_rr, 1)
+        rr["valid"], rr["importance"] = rerank.cross_fit(valid_c, valid_ds, recipe.rerank, k, extra=carve_sets)
+        rr["valid_seconds"], rr["carves"] = round(time.time() - t_rr, 1), carves
         rr["features"], rr["valid_pairs"] = valid_c.names, len(valid_c.users)
         print(f"  reranker over {len(valid_c.users):,} candidate pairs, cross-fitted on two halves of the "
               f"validation users: recall@{k} {rr['valid'][f'recall@{k}']:.4f} (linear blend "
@@ -121,7 +132,8 @@ def main():
     print(f"  honest test score of the blend: {json.dumps({a: round(v, 5) for a, v in test_blend.items()})}")
     if reranked:
         test_c = rerank_candidates(recipe, test_runs, test_ds, weights)
-        _, _, rr["test"], rr["test_seconds"] = rerank_stage(recipe, (valid_c, valid_ds), (test_c, test_ds))
+        _, _, rr["test"], rr["test_seconds"] = rerank_stage(recipe, [(valid_c, valid_ds), *carve_sets],
+                                                            (test_c, test_ds))
         print(f"  honest test score of the reranker: {json.dumps({a: round(v, 5) for a, v in rr['test'].items()})}")
     final_score = rr["test"] if reranked else test_blend
 
@@ -134,9 +146,11 @@ def main():
         final_runs = {m.name: [runner.fit(full_root, full_ds.fingerprint, "final", m, r["seed"],
                                           refit_flags(recipe, tuned[m.name], r), "test") for r in tune_runs[m.name]]
                       for m in kept}
-        if reranked:  # learned on the test candidates and answers, as the test one was on validation
+        if reranked:  # learned on the test candidates and answers, as the test one was on validation (and on
+            # every validation carve: more answers to learn from, none of them the full data's)
             final_c = rerank_candidates(recipe, final_runs, full_ds, weights)
-            users, top, _, rr["final_seconds"] = rerank_stage(recipe, (test_c, test_ds), (final_c, full_ds))
+            users, top, _, rr["final_seconds"] = rerank_stage(
+                recipe, [(test_c, test_ds), (valid_c, valid_ds), *carve_sets], (final_c, full_ds))
         else:
             users, top, _ = blend_runs(recipe, final_runs, weights, full_ds, kept)
         final_file = out_dir / f"{name}-final.csv"
@@ -154,7 +168,8 @@ def main():
                   "refit_epochs": None if t["closed_form"] else recipe.refit_epochs(r["best_epoch"]),
                   "valid": r["scores"][f"recall@{k}"], "test": tr["scores"].get(f"recall@{k}"),
                   "runs": {"tune": r["run"], "test": tr["run"],
-                           "final": final_runs[m.name][i]["run"] if m.name in final_runs else None}}
+                           "final": final_runs[m.name][i]["run"] if m.name in final_runs else None,
+                           "carves": [c[m.name][i]["run"] for c in carve_runs]}}
                  for i, (r, tr) in enumerate(zip(t["runs"], test_runs[m.name]))]
         members.append({"name": m.name, "args": m.args, "seeds": m.seeds, "weight_rule": m.weight,
                         "weight": weights[m.name], "closed_form": t["closed_form"], "chosen": t["chosen"],

@@ -31,32 +31,52 @@ VARIANTS = {  # name: (settings, with the linear blend's value as a feature)
     "medium+blend": (replace(BASE, max_iter=100, max_leaf_nodes=15, min_samples_leaf=100), True),
     "small+blend": (SMALL, True),
     "small": (SMALL, False),
+    "small+blend+time0.02": (replace(SMALL, time_window=0.02), True),
+    "small+blend+time0.05": (replace(SMALL, time_window=0.05), True),
+    "small+blend+follow5": (replace(SMALL, follow_steps=5), True),
+    "small+blend+time0.02+follow5": (replace(SMALL, time_window=0.02, follow_steps=5), True),
+    "small+blend carves2": (replace(SMALL, carves=2), True),
+    "small+blend carves3": (replace(SMALL, carves=3), True),
+    "medium+blend carves3": (replace(BASE, max_iter=100, max_leaf_nodes=15, min_samples_leaf=100, carves=3), True),
+    "small+blend+time0.02+follow5 carves3": (replace(SMALL, time_window=0.02, follow_steps=5, carves=3), True),
 }
 
 
-def groups(rep: dict, phase: str, root: Path) -> dict[str, list[Path]]:
-    suffix = ".valid" if phase == "tune" else ""
-    return {m["name"]: [root / "runs" / s["runs"][phase] / f"{s['runs'][phase]}{suffix}.top100.csv"
-                        for s in m["seeds_detail"]] for m in rep["members"]}
+def groups(rep: dict, phase: str, root: Path, carve: int = 0) -> dict[str, list[Path]]:
+    """Each member's candidate files of `phase` ("tune", "test", or "carves" with the carve's index j)."""
+    def run_of(s: dict) -> tuple[str, str]:
+        if phase == "carves":
+            return s["runs"]["carves"][carve - 2], f".valid{carve}"
+        return s["runs"][phase], ".valid" if phase == "tune" else ""
+    return {m["name"]: [root / "runs" / run / f"{run}{suffix}.top100.csv" for run, suffix in map(run_of, m["seeds_detail"])]
+            for m in rep["members"]}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4])
+    ap.add_argument("--recipe", default="rerank", help="the recipe's name (its report folder)")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = ap.parse_args()
     for seed in args.seeds:
-        rep = json.loads((ROOT / f"data/bench-submissions/rerank/bench-ml-h{seed}-report/report.json").read_text())
+        rep = json.loads((ROOT / f"data/bench-submissions/{args.recipe}/bench-ml-h{seed}-report/report.json").read_text())
         root = ROOT / f"data/bench-ml-h{seed}-split"
         valid, test = Dataset(root, "valid"), Dataset(root, "test")
         weights = rep["blend"]["weights"]
-        for name, (cfg, blend) in VARIANTS.items():
+        for name in args.variants:
+            cfg, blend = VARIANTS[name]
             w = weights if blend else None
             cv = rerank.build_candidates(groups(rep, "tune", root), valid, 100, cfg, w)
             ct = rerank.build_candidates(groups(rep, "test", root), test, 100, cfg, w)
-            model = rerank.fit(cv, rerank.labels(cv, valid), cfg, rerank.answered_rows(cv, valid))
+            extra = []
+            for j in range(2, cfg.carves + 1):
+                carve = Dataset(root, f"valid{j}")
+                extra.append((rerank.build_candidates(groups(rep, "carves", root, j), carve, 100, cfg, w), carve))
+            learn, y, rows = rerank.stack([(cv, valid), *extra])
+            model = rerank.fit(learn, y, cfg, rows)
             users, top = rerank.rerank(model, ct, test, 10)
             report("rerank_variants", {"split": seed, "variant": name,
-                                       "valid_cross_fitted": round(rerank.cross_fit(cv, valid, cfg, 10, 0)[0]["recall@10"], 4),
+                                       "valid_cross_fitted": round(rerank.cross_fit(cv, valid, cfg, 10, 0, extra)[0]["recall@10"], 4),
                                        "test": round(rerank.score(top, users, test, 10)["recall@10"], 4),
                                        "linear_valid": rep["blend"]["valid"]["recall@10"],
                                        "linear_test": rep["blend"]["test"]["recall@10"]})

@@ -11,6 +11,7 @@ Artifacts under `data/<dataset>/` (numpy arrays and JSON only, no pickles):
                    training part by the same procedure, and their flat positions in sequences.npz (empty
                    without a validation split)
   valid_answers.csv  the validation answers with raw ids, `user,item`
+  validJ.npz, validJ_answers.csv   the same for extra validation carve J = 2, 3, ... (with `carves` > 1)
   attributes.npz   indptr[n_items + 2], ids: attribute ids (1-based, 0 is padding) of each dense item
   attributes.json  attribute names; name of id a is names[a - 1]
 
@@ -26,7 +27,12 @@ Rules:
     cutoff, the q-quantile of the training part's timestamps). Every choice (epochs, settings, blend
     weights) reads these answers; the test answers are only reported. A `Dataset` opened with
     split="valid" trains on what is left and answers with the validation items.
-  * meta.json's fingerprint is a hash of the arrays; a Dataset refuses files that do not match it.
+  * Extra validation carves (`carves` > 1): carve j = 2, 3, ... draws the random answers again with another
+    seed (the latest ones are the same), written to validJ.npz. A Dataset opened with split="validJ" trains on
+    the training part without those answers. They give a learned second stage more users' worth of answers
+    to learn from; nothing is chosen on them.
+  * meta.json's fingerprint is a hash of the arrays; a Dataset refuses files that do not match it. Extra
+    carves have fingerprints of their own (the base one stays that of the test and validation views).
   * A user with a single interaction is kept: it gets recommendations, but gives no training pair.
   * Side rows for items that never occur in the interactions are dropped and counted.
 """
@@ -48,7 +54,8 @@ from common.readers import RawData
 PAD = 0  # the padding item id: dense item ids are 1..n_items
 
 FORMAT_VERSION = 3  # 3: sequences.npz holds the timestamps
-SPLITS = ("test", "valid")  # which answers a Dataset view scores against
+MAX_CARVES = 4  # validation carves a data set can hold: valid, valid2, ..., valid4
+SPLITS = ("test", "valid", *(f"valid{j}" for j in range(2, MAX_CARVES + 1)))  # answers a Dataset view scores against
 FINGERPRINT_FILES = ("maps.npz", "sequences.npz", "holdout.npz", "valid.npz")
 MIN_TRAIN_LEFT = 3  # a held-out user keeps at least this many training interactions
 DECADE = 10
@@ -168,12 +175,24 @@ def split_holdout(indptr: np.ndarray, last: int, n_random: int, seed, times: np.
     return is_last | _draw_earlier(indptr, eligible & ~is_last, n_random, seed)
 
 
-def dataset_fingerprint(root: Path, loaded: dict | None = None) -> str:
-    """sha256 (first 16 hex digits) of the arrays that define a preprocessed dataset.
+def carve_file(split: str) -> str:
+    """The answers file of a validation view ("valid" -> valid.npz, "valid2" -> valid2.npz)."""
+    return f"{split}.npz"
+
+
+def split_suffix(split: str) -> str:
+    """What a run's output names carry for a view: "" for test, ".valid", ".valid2", ..."""
+    return "" if split == "test" else f".{split}"
+
+
+def dataset_fingerprint(root: Path, loaded: dict | None = None, files: tuple[str, ...] = FINGERPRINT_FILES,
+                        base: str = "") -> str:
+    """sha256 (first 16 hex digits) of the arrays that define a preprocessed dataset (`files`; after `base`,
+    an earlier fingerprint, when given).
 
     `loaded` ({file name: arrays}) saves reading files already in memory."""
-    h = hashlib.sha256()
-    for name in FINGERPRINT_FILES:
+    h = hashlib.sha256(base.encode())
+    for name in files:
         arrays = (loaded or {}).get(name) or read_npz(Path(root) / name)
         for key in sorted(arrays):
             a = np.ascontiguousarray(arrays[key])
@@ -236,12 +255,15 @@ def _write_answers(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, users
 
 def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random: int = 5,
                   seed: int = 0, holdout: bool = True, name: str = "", validation: bool = False,
-                  cutoff: float = 0.0, extra: dict[str, str] | None = None) -> BuildSummary:
+                  cutoff: float = 0.0, extra: dict[str, str] | None = None, carves: int = 1) -> BuildSummary:
     """Turn raw interactions into the artifacts listed in the module docstring (plus the text files
     `extra`, {name: text}), built in a folder beside `out` and swapped in whole (see `swap_in`).
 
-    With `validation` the same hold-out procedure runs again on the training part (see the module docstring).
+    With `validation` the same hold-out procedure runs again on the training part (see the module docstring),
+    `carves` times with different draws.
     """
+    if not 1 <= carves <= MAX_CARVES:
+        raise InputError(f"carves {carves}: must be between 1 and {MAX_CARVES}")
     if len(raw.users) == 0:
         raise InputError(f"{raw.source}: no interactions")
     user_raw, user_dense = dense_ids(raw.users)
@@ -273,6 +295,15 @@ def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random
         write_npz(out / "sequences.npz", indptr=tr_indptr, items=tr_items, times=tr_times.astype(np.float64))
         write_npz(out / "holdout.npz", indptr=ho_indptr, items=items[answer])
         write_npz(out / "valid.npz", indptr=va_indptr, items=tr_items[valid], positions=np.flatnonzero(valid))
+        fingerprint = dataset_fingerprint(out)
+        carve_prints = {}
+        for j in range(2, carves + 1) if holdout and validation else ():
+            split = f"valid{j}"
+            mask = split_holdout(tr_indptr, holdout_last, holdout_random, [seed, j], tr_times, cutoff)
+            write_npz(out / carve_file(split), indptr=csr_offsets(np.bincount(tr_users[mask], minlength=n_users)),
+                      items=tr_items[mask], positions=np.flatnonzero(mask))
+            _write_answers(out / f"{split}_answers.csv", user_raw, item_raw, tr_users[mask], tr_items[mask])
+            carve_prints[split] = dataset_fingerprint(out, files=(carve_file(split),), base=fingerprint)
         write_npz(out / "attributes.npz", indptr=a_indptr, ids=a_ids)
         write_json(out / "attributes.json", a_names)
         _write_answers(out / "answers.csv", user_raw, item_raw, users[answer], items[answer])
@@ -288,7 +319,8 @@ def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random
         write_json(out / "meta.json", {
             "format_version": FORMAT_VERSION, "dataset": name, "source": raw.source,
             "holdout": shape if holdout else None, "validation": bool(holdout and validation),
-            "fingerprint": dataset_fingerprint(out), **summary.__dict__})
+            "carves": 1 + len(carve_prints), "carve_fingerprints": carve_prints,
+            "fingerprint": fingerprint, **summary.__dict__})
         for file, text in (extra or {}).items():
             (out / file).write_text(text)
         swap_in(out, final)
@@ -342,16 +374,25 @@ class Dataset:
         if self.fingerprint != self.meta.get("fingerprint"):
             raise InputError(f"{self.root}: its arrays do not match the fingerprint in meta.json (a preprocessing "
                              "run was interrupted or files were changed); run 01_preprocess.py again")
+        if split.startswith("valid") and split != "valid":
+            carves = self.meta.get("carve_fingerprints", {})
+            if split not in carves:
+                raise InputError(f"{self.root}: no validation carve {split!r} (it holds {1 + len(carves)}); run "
+                                 "01_preprocess.py with a larger --carves")
+            self.fingerprint = dataset_fingerprint(self.root, files=(carve_file(split),), base=self.fingerprint)
+            if self.fingerprint != carves[split]:
+                raise InputError(f"{self.root}: {carve_file(split)} does not match its fingerprint in meta.json; "
+                                 "run 01_preprocess.py again")
         self.user_raw, self.item_raw = loaded["maps.npz"]["user_raw"], loaded["maps.npz"]["item_raw"]
         seqs = loaded["sequences.npz"]
         self.indptr, self.items, self.times = seqs["indptr"], seqs["items"], seqs["times"]
         self.split = split
         answers = loaded["holdout.npz"]
-        if split == "valid":
+        if split != "test":
             if not self.meta.get("validation"):
                 raise InputError(f"{self.root}: preprocessed without a validation split; run 01_preprocess.py "
                                  "with a hold-out and --validation")
-            answers = loaded["valid.npz"]
+            answers = loaded["valid.npz"] if split == "valid" else read_npz(self.root / carve_file(split))
             keep = np.ones(len(self.items), dtype=bool)
             keep[answers["positions"]] = False
             owner = row_owners(self.indptr)
@@ -364,7 +405,7 @@ class Dataset:
     @property
     def answers_label(self) -> str:
         """Which answers this view scores against, as printed beside every score."""
-        return "validation" if self.split == "valid" else "test"
+        return "test" if self.split == "test" else "validation" + ("" if self.split == "valid" else f" ({self.split})")
 
     @property
     def has_validation(self) -> bool:

@@ -32,7 +32,7 @@ import numpy as np
 from common.blend import blend_top_k, contribution_matrix, load_inputs, top_k_of_pairs
 from common import rerank
 from common.config import flat_dict
-from common.data import Dataset
+from common.data import Dataset, split_suffix
 from common.io import InputError, read_json, write_json
 from common.metrics import all_metrics
 from common.recipe import TUNE, Member, Recipe, settings_flags
@@ -133,7 +133,7 @@ class Runner:
         best_epoch = None
         if not closed_form and curve and config.get("select") == "best":
             best_epoch = max(curve, key=lambda r: (r["recall"], -r["epoch"]))["epoch"]
-        suffix = ".valid" if split == "valid" else ""
+        suffix = split_suffix(split)
         step = {"run": run, "phase": phase, "member": member.name, "seed": seed, "extra": extra,
                 "fingerprint": fingerprint, "train_argv": train, "split": split, "closed_form": closed_form,
                 "best_epoch": best_epoch, "curve": curve,
@@ -239,12 +239,12 @@ def rerank_candidates(recipe: Recipe, runs: dict[str, list[dict]], ds: Dataset, 
     return build_candidates(candidate_groups(recipe.members, runs), ds, recipe.candidates, recipe.rerank, weights)
 
 
-def rerank_stage(recipe: Recipe, learn: tuple[Candidates, Dataset], apply: tuple[Candidates, Dataset]):
-    """Learn the reranker on the candidates of `learn` against that dataset's answers, then order the
-    candidates of `apply`. Returns (users [U], top-k [U, k], metrics on `apply`'s answers or {}, seconds)."""
+def rerank_stage(recipe: Recipe, learn: list[tuple[Candidates, Dataset]], apply: tuple[Candidates, Dataset]):
+    """Learn the reranker on the candidates of each pair of `learn` against that dataset's answers, then order
+    the candidates of `apply`. Returns (users [U], top-k [U, k], metrics on `apply`'s answers or {}, seconds)."""
     t0 = time.time()
-    c, ds = learn
-    model = rerank.fit(c, rerank.labels(c, ds), recipe.rerank, rerank.answered_rows(c, ds))
+    c, y, rows = rerank.stack(learn)
+    model = rerank.fit(c, y, recipe.rerank, rows)
     target, ds = apply
     users, top = rerank.rerank(model, target, ds, recipe.k)
     metrics = rerank.score(top, users, ds, recipe.k) if ds.has_holdout else {}

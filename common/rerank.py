@@ -14,10 +14,23 @@ Candidates are the union of every member's top-N (its candidate files, user,item
   near_step         steps back (0 = latest) to the history item that co-occurs most with the candidate
                     (cosine of their user sets, among the latest `near_window` items)
   near_cos, recent_cos   that cosine, and the mean cosine with the user's latest 5 items
+With `time_window` w > 0, times are read as shares of the training interactions (q(t): the share at or
+before t), which makes them comparable across data sets, and each pair also gets:
+  user_last         q of the user's latest training interaction
+  first_gap         q of the item's first interaction minus user_last (> 0: the item came after the user)
+  pop_at_last       the item's share of the interactions within w of user_last
+  pop_in_span       its share of those from w before the user's first interaction to w after the latest
+With `follow_steps` s > 0:
+  follow_last, follow_recent   how often the candidate comes within s steps after the user's latest item
+                    (after each of the latest 5, averaged) in the training sequences, as a share of all
+                    that come within s steps after that item
 Labels are the answers of the data the candidates were made on: validation answers for the model that
-scores the test candidates, test answers for the model that scores the final candidates. A classifier
-(scikit-learn's HistGradientBoostingClassifier) orders each user's candidates; its validation score is
-cross-fitted over two halves of the users.
+scores the test candidates, test answers (and the validation ones) for the model that scores the final
+candidates. With `carves` > 1 the members are also fitted on each extra validation carve (other random
+draws of the validation answers, common/data.py), and the classifier learns from those candidates too: more
+users' worth of answers. A classifier (scikit-learn's HistGradientBoostingClassifier) orders each user's
+candidates; its validation score is cross-fitted over two halves of the users (every carve of a user on the
+same side), and scored on the first carve's answers alone.
 """
 from __future__ import annotations
 
@@ -31,7 +44,7 @@ from threadpoolctl import threadpool_limits
 
 from common.blend import blend_top_k, contribution_matrix, load_inputs
 from common.config import setting
-from common.data import Dataset, pad_rows, row_owners
+from common.data import MAX_CARVES, Dataset, pad_rows, row_owners
 from common.metrics import all_metrics
 
 RECENT_ITEMS = 5  # history items averaged in recent_cos
@@ -53,6 +66,9 @@ class RerankConfig:
     max_pairs: int = setting(1_000_000, ge=0)
     recent_share: float = setting(0.1, gt=0, le=1)
     near_window: int = setting(50, ge=1)
+    time_window: float = setting(0.0, ge=0, le=1)  # 0: no time features
+    follow_steps: int = setting(0, ge=0)  # 0: no follow features
+    carves: int = setting(1, ge=1, le=MAX_CARVES)  # validation carves to learn from (1: the validation answers)
     seed: int = setting(0, ge=0)
 
 
@@ -131,13 +147,75 @@ def history_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, window: int, c
     return out, ["user_len", "near_step", "near_cos", "recent_cos"]
 
 
+def time_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, window: float):
+    """[P, 4]: user_last, first_gap, pop_at_last, pop_in_span of each pair (times as shares of the
+    interactions, see the module's docstring)."""
+    n = len(ds.times)
+    q = np.searchsorted(np.sort(ds.times), ds.times, side="right") / max(n, 1)  # [N] in (0, 1]
+    lengths = np.diff(ds.indptr)
+    has = lengths > 0
+    last = np.where(has, q[np.maximum(ds.indptr[1:] - 1, 0)] if n else 0.0, 1.0)  # [U]; no history: the end
+    first = np.where(has, q[np.minimum(ds.indptr[:-1], max(n - 1, 0))] if n else 0.0, 1.0)
+    item_first = np.ones(ds.n_items + 1)
+    np.minimum.at(item_first, ds.items, q)
+    key = np.sort(ds.items * 2.0 + q)  # items in blocks of width 2, q within (0, 1]
+
+    def share(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """The pair's item's share of the interactions with q in [lo, hi]."""
+        lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+        count = np.searchsorted(key, pi * 2.0 + hi, side="right") - np.searchsorted(key, pi * 2.0 + lo, side="left")
+        return count / np.maximum((hi - lo) * n, 1.0)
+
+    ql, qf = last[pu], first[pu]
+    out = np.stack([ql, item_first[pi] - ql, share(ql - window, ql + window), share(qf - window, ql + window)], axis=1)
+    return out.astype(np.float32), ["user_last", "first_gap", "pop_at_last", "pop_in_span"]
+
+
+def follow_matrix(ds: Dataset, steps: int):
+    """Dense [n_items + 1, n_items + 1] float32: row a holds how often each item comes within `steps` steps
+    after a in a training sequence, divided by the row's total (rows and column 0 are 0 where empty)."""
+    import scipy.sparse as sp
+    owner = row_owners(ds.indptr)
+    src, dst = [], []
+    for d in range(1, steps + 1):  # a few offsets, each vectorised over all interactions
+        same = owner[d:] == owner[:-d]
+        src.append(ds.items[:-d][same])
+        dst.append(ds.items[d:][same])
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    V = ds.n_items + 1
+    F = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(V, V)).toarray()
+    F /= np.maximum(F.sum(1, keepdims=True), 1.0)
+    return F
+
+
+def follow_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, steps: int, chunk: int = 200_000):
+    """[P, 2]: follow_last, follow_recent of each pair."""
+    F = follow_matrix(ds, steps)
+    out = np.zeros((len(pu), 2), dtype=np.float32)
+    for s in range(0, len(pu), chunk):
+        u, i = pu[s:s + chunk], pi[s:s + chunk]
+        hist = pad_rows(ds.indptr, ds.items, u, RECENT_ITEMS, left=True)[:, ::-1]  # [c, 5], column 0 = latest
+        f = F[hist, i[:, None]]  # [c, 5], 0 on padding
+        out[s:s + chunk, 0] = f[:, 0]
+        out[s:s + chunk, 1] = f.mean(1)
+    return out, ["follow_last", "follow_recent"]
+
+
 def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: RerankConfig,
                      weights: dict[str, float] | None = None) -> Candidates:
     pu, pi, M, names = member_features(groups, ds, n, weights)
     items, item_names = item_features(ds, cfg.recent_share)
     H, hist_names = history_features(ds, pu, pi, cfg.near_window)
-    X = np.concatenate([M, items[pi], H], axis=1).astype(np.float32)
-    return Candidates(pu, pi, X, names + item_names + hist_names)
+    blocks, names = [M, items[pi], H], names + item_names + hist_names
+    if cfg.time_window > 0:
+        T, time_names = time_features(ds, pu, pi, cfg.time_window)
+        blocks.append(T)
+        names += time_names
+    if cfg.follow_steps > 0:
+        F, follow_names = follow_features(ds, pu, pi, cfg.follow_steps)
+        blocks.append(F)
+        names += follow_names
+    return Candidates(pu, pi, np.concatenate(blocks, axis=1).astype(np.float32), names)
 
 
 def fit_threads(threads: int):
@@ -152,6 +230,21 @@ def labels(c: Candidates, ds: Dataset) -> np.ndarray:
     """1 where the pair is one of the user's answers in `ds`."""
     answer = np.unique(row_owners(ds.ans_indptr) * (ds.n_items + 1) + ds.ans_items)
     return np.isin(c.users * (ds.n_items + 1) + c.items, answer).astype(np.int8)
+
+
+def stack(sets: list[tuple[Candidates, Dataset]]) -> tuple[Candidates, np.ndarray, np.ndarray]:
+    """The candidates of several (candidates, dataset) pairs as one learning set: (candidates, labels from
+    each pair's own answers, the rows of answered users)."""
+    y = np.concatenate([labels(c, ds) for c, ds in sets])
+    rows, start = [], 0
+    for c, ds in sets:
+        rows.append(start + answered_rows(c, ds))
+        start += len(c.users)
+    c0 = sets[0][0]
+    assert all(c.names == c0.names for c, _ in sets), "candidate sets with different features"
+    stacked = Candidates(np.concatenate([c.users for c, _ in sets]), np.concatenate([c.items for c, _ in sets]),
+                         np.concatenate([c.X for c, _ in sets]), c0.names)
+    return stacked, y, np.concatenate(rows)
 
 
 def learning_rows(y: np.ndarray, rows: np.ndarray, max_pairs: int, seed: int) -> np.ndarray:
@@ -192,17 +285,20 @@ def score(top: np.ndarray, users: np.ndarray, ds: Dataset, k: int) -> dict:
 
 
 def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
-              importance_users: int = IMPORTANCE_USERS) -> tuple[dict, list[dict]]:
+              importance_users: int = IMPORTANCE_USERS,
+              extra: list[tuple[Candidates, Dataset]] = ()) -> tuple[dict, list[dict]]:
     """Validation score of the reranker with the users split in two halves (each half scored by a model
-    that learned on the other), and each feature's permutation importance: the drop in recall@k, over at
-    most `importance_users` of the users (0: none), when the feature's column is shuffled across their pairs."""
+    that learned on the other, from `ds`'s answers and those of the `extra` carves), and each feature's
+    permutation importance: the drop in recall@k, over at most `importance_users` of the users (0: none),
+    when the feature's column is shuffled across their pairs."""
     y = labels(c, ds)
     users = ds.eval_users()
     rng = np.random.default_rng(cfg.seed)
     half = rng.permutation(len(users)) % 2
+    learn, learn_y, learn_rows = stack([(c, ds), *extra])
     value, models = np.zeros(len(y)), []
     for h in (0, 1):
-        model = fit(c, y, cfg, np.flatnonzero(np.isin(c.users, users[half != h])))
+        model = fit(learn, learn_y, cfg, learn_rows[np.isin(learn.users[learn_rows], users[half != h])])
         rows = np.flatnonzero(np.isin(c.users, users[half == h]))
         value[rows] = model.predict_proba(c.X[rows])[:, 1]
         models.append((model, rows))

@@ -19,8 +19,7 @@ from common.submission import write_ranked
 N = 6  # candidates per user per run
 
 
-@pytest.fixture(scope="module")
-def split(tmp_path_factory) -> Path:
+def toy_raw() -> RawData:
     rng = np.random.default_rng(0)
     users, items, times = [], [], []
     for u in range(30):
@@ -28,10 +27,14 @@ def split(tmp_path_factory) -> Path:
         users += [u] * n
         items += rng.choice(np.arange(1, 41), size=n, replace=False).tolist()
         times += sorted(rng.uniform(0, 1000, size=n).tolist())
-    raw = RawData(users=np.asarray(users, np.int64), items=np.asarray(items, np.int64),
-                  times=np.asarray(times), source="toy")
+    return RawData(users=np.asarray(users, np.int64), items=np.asarray(items, np.int64),
+                   times=np.asarray(times), source="toy")
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rr") / "d"
-    build_dataset(raw, out, 3, 2, seed=1, validation=True, name="toy")
+    build_dataset(toy_raw(), out, 3, 2, seed=1, validation=True, name="toy")
     return out
 
 
@@ -78,6 +81,21 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig, weights: 
             return 0.0
         return len(users_of[a] & users_of[b]) / math.sqrt(max(len(users_of[a]), 1) * max(len(users_of[b]), 1))
 
+    n = len(ds.times)
+    q = [sum(t2 <= t for t2 in ds.times) / n for t in ds.times]  # share of the interactions at or before t
+    follows = np.zeros((ds.n_items + 1, ds.n_items + 1))  # item a -> item b within follow_steps after it
+    for s in seqs:
+        for p, a in enumerate(s):
+            for b in s[p + 1:p + 1 + cfg.follow_steps]:
+                follows[a, b] += 1
+
+    def follow(a, b):
+        return follows[a, b] / follows[a].sum() if a and follows[a].sum() else 0.0
+
+    def share(i, lo, hi):
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
+        return sum(ds.items[j] == i and lo <= q[j] <= hi for j in range(n)) / max((hi - lo) * n, 1.0)
+
     out = {}
     for u in range(ds.n_users):
         pairs = sorted({i for (name, s), per in lists.items() for i, _, _ in per[u]})
@@ -105,17 +123,28 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig, weights: 
             f["near_step"] = int(np.argmax(c)) if c and max(c) > 0 else cfg.near_window
             f["near_cos"] = max(c + [0.0])
             f["recent_cos"] = sum(c[:rerank.RECENT_ITEMS]) / rerank.RECENT_ITEMS
+            rows = range(ds.indptr[u], ds.indptr[u + 1])
+            ql = q[rows[-1]] if rows else 1.0
+            qf = q[rows[0]] if rows else 1.0
+            w = cfg.time_window
+            f["user_last"] = ql
+            f["first_gap"] = min([q[j] for j in its] + [1.0]) - ql
+            f["pop_at_last"] = share(i, ql - w, ql + w)
+            f["pop_in_span"] = share(i, qf - w, ql + w)
+            latest = seqs[u][::-1][:rerank.RECENT_ITEMS]
+            f["follow_last"] = follow(latest[0], i) if latest else 0.0
+            f["follow_recent"] = sum(follow(h, i) for h in latest) / rerank.RECENT_ITEMS
             out[(u, i)] = f
     return out
 
 
 def test_features_match_a_slow_reference(split, tmp_path):
     ds = Dataset(split, "valid")
-    cfg = rerank.RerankConfig(near_window=7)
+    cfg = rerank.RerankConfig(near_window=7, time_window=0.1037, follow_steps=3)
     groups, weights = groups_for(ds, tmp_path, "v"), {"a": 2.0, "b": 0.5}
     c = rerank.build_candidates(groups, ds, N, cfg, weights)
     want = slow_features(ds, groups, cfg, weights)
-    assert "blend" in c.names
+    assert {"blend", "first_gap", "pop_in_span", "follow_recent"} <= set(c.names)
     assert len(c.users) == len(want) and np.all(np.diff(c.users) >= 0)
     for p, (u, i) in enumerate(zip(c.users.tolist(), c.items.tolist())):
         for f, name in enumerate(c.names):
@@ -141,10 +170,10 @@ def test_the_reranker_never_reads_test_answers(split, tmp_path):
     apply = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(test, tmp_path, "t").items()}
     learn_c = rerank_candidates(recipe, learn, valid, weights)
     apply_c = rerank_candidates(recipe, apply, test, weights)
-    users, top, metrics, _ = rerank_stage(recipe, (learn_c, valid), (apply_c, test))
+    users, top, metrics, _ = rerank_stage(recipe, [(learn_c, valid)], (apply_c, test))
     other = Dataset(split, "test")
     other.ans_items = np.random.default_rng(5).integers(1, other.n_items + 1, size=len(other.ans_items))
-    users2, top2, metrics2, _ = rerank_stage(recipe, (learn_c, valid), (apply_c, other))
+    users2, top2, metrics2, _ = rerank_stage(recipe, [(learn_c, valid)], (apply_c, other))
     assert np.array_equal(users, users2) and np.array_equal(top, top2)
     assert metrics != metrics2, "the test answers did change: the test must be able to fail"
     seen = [set(test.sequence(u).tolist()) for u in users]
@@ -182,3 +211,37 @@ def test_fit_threads_sets_the_classifiers_openmp_threads():
         assert openmp_threads() == {1}
     with rerank.fit_threads(0):  # 0: one per core, whatever torch was set to
         assert openmp_threads() == {os.cpu_count()}
+
+
+def test_extra_carves_draw_the_random_answers_again(split, tmp_path):
+    """Carves 2 and 3 keep the validation carve's latest answers, draw the random ones again, hide their own
+    answers from their training part, and leave the test and validation views (and fingerprint) as they were."""
+    from common.io import InputError
+    base, test = Dataset(split, "valid"), Dataset(split, "test")
+    rebuilt = tmp_path / "rebuilt"
+    build_dataset(toy_raw(), rebuilt, 3, 2, seed=1, validation=True, name="toy", carves=3)
+    assert Dataset(rebuilt, "valid").fingerprint == base.fingerprint == Dataset(rebuilt, "test").fingerprint
+    views = [Dataset(rebuilt, s) for s in ("valid", "valid2", "valid3")]
+    assert len({v.fingerprint for v in views}) == 3
+    differ = 0
+    for u in views[0].eval_users():
+        train_all = set(test.sequence(u).tolist())
+        answers = [set(v.ans_items[v.ans_indptr[u]:v.ans_indptr[u + 1]].tolist()) for v in views]
+        latest = set(test.sequence(u)[-3:].tolist())
+        for v, a in zip(views, answers):
+            assert latest <= a and len(a) == 5
+            assert not a & set(v.sequence(u).tolist()) and a | set(v.sequence(u).tolist()) == train_all
+        differ += answers[0] != answers[1]
+    assert differ > 0
+    with pytest.raises(InputError, match="valid4"):
+        Dataset(rebuilt, "valid4")
+
+
+def test_stack_labels_each_set_by_its_own_answers(split, tmp_path):
+    valid, test = Dataset(split, "valid"), Dataset(split, "test")
+    cv = rerank.build_candidates(groups_for(valid, tmp_path, "v"), valid, N, rerank.RerankConfig())
+    ct = rerank.build_candidates(groups_for(test, tmp_path, "t"), test, N, rerank.RerankConfig())
+    c, y, rows = rerank.stack([(cv, valid), (ct, test)])
+    assert len(c.users) == len(cv.users) + len(ct.users) and c.names == cv.names
+    assert y.tolist() == rerank.labels(cv, valid).tolist() + rerank.labels(ct, test).tolist()
+    assert rows.tolist() == rerank.answered_rows(cv, valid).tolist() + (len(cv.users) + rerank.answered_rows(ct, test)).tolist()
