@@ -39,7 +39,10 @@ class PreprocessConfig:
     seed: int = setting(0, ge=0)
 
     RULES = ((lambda c: not c.holdout or c.holdout_cutoff > 0 or c.holdout_last + c.holdout_random > 0,
-              "--holdout-last and --holdout-random are both 0: nothing to hold out (use --no-holdout)"),)
+              "--holdout-last and --holdout-random are both 0: nothing to hold out (use --no-holdout)"),
+             (lambda c: c.carves == 1 or (c.holdout and c.validation and c.holdout_random > 0),
+              "--carves above 1 needs a hold-out, --validation and --holdout-random > 0 (the carves differ only in "
+              "their random answers)"))
 
 
 def main():
@@ -64,7 +67,6 @@ def main():
         if n:
             what = "rows ignored" if kind == NOT_A_YEAR else "rows for items without interactions were ignored"
             print(f"note: {kind}: {n:,} {what}")
-    s_carves = cfg.carves if cfg.holdout and cfg.validation else 1
     held = f"{s.n_holdout:,} test answers for {s.n_holdout_users:,} users" if cfg.holdout else "no hold-out"
     if s.n_valid:
         held += f", of the training rows {s.n_valid:,} validation answers for {s.n_valid_users:,} users"
@@ -73,7 +75,7 @@ def main():
     print(f"train {s.n_train:,} rows, {held}")
     print(f"wrote {out}/ (meta.json, maps.npz, sequences.npz, holdout.npz, valid.npz, answers.csv, "
           f"valid_answers.csv, "
-          f"{''.join(f'valid{j}.npz, valid{j}_answers.csv, ' for j in range(2, s_carves + 1))}attributes.*) in "
+          f"{''.join(f'valid{j}.npz, valid{j}_answers.csv, ' for j in range(2, cfg.carves + 1))}attributes.*) in "
           f"{time.time() - t0:.1f}s")
 
 

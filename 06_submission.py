@@ -119,7 +119,8 @@ def main():
         rr["features"], rr["valid_pairs"] = valid_c.names, len(valid_c.users)
         print(f"  reranker over {len(valid_c.users):,} candidate pairs, cross-fitted on two halves of the "
               f"validation users: recall@{k} {rr['valid'][f'recall@{k}']:.4f} (linear blend "
-              f"{valid_blend[f'recall@{k}']:.4f})")
+              f"{valid_blend[f'recall@{k}']:.4f})"
+              + (f"; over all {carves} carves {rr['valid'][f'recall@{k}, all carves']:.4f}" if carves > 1 else ""))
 
     print("3/5 refit each member on the split's training part; score on the test answers")
     test_runs = {m.name: [runner.fit(split_root, test_ds.fingerprint, "test", m, r["seed"],

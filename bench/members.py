@@ -4,6 +4,7 @@ cloze model, and the seconds and memory of the reranker stage over real candidat
     .venv/bin/python bench/members.py                 # full-scale demo (31,360 users, 6,807 items), 2 threads
     .venv/bin/python bench/members.py --epochs 3 --threads 2
     .venv/bin/python bench/members.py --members --reuse-candidates   # the reranker stage alone
+    .venv/bin/python bench/members.py --members --reuse-candidates --time-window 0.05 --follow-steps 5
 
 Each member trains --epochs epochs on the validation split (evaluation on the validation answers included in
 each epoch's seconds). The reranker stage reads the validation candidates (top 100) of EASE (--preset
@@ -51,6 +52,8 @@ def main():
     ap.add_argument("--members", nargs="*", default=list(MEMBERS))
     ap.add_argument("--reuse-candidates", action="store_true",
                     help="keep candidate files an earlier call wrote (refused if the data changed since)")
+    ap.add_argument("--time-window", type=float, default=0.0, help="the reranker's time features (0: none)")
+    ap.add_argument("--follow-steps", type=int, default=0, help="the reranker's follow features (0: none)")
     args = ap.parse_args()
     raw = ROOT / "data" / "raw" / "demo-full"
     ensure_full_demo(raw)
@@ -73,7 +76,7 @@ def main():
                  f"{data}/runs/{run}", "--threads", str(args.threads)])
     ds = Dataset(ROOT / data, "valid")
     rerank.fit_threads(args.threads)
-    cfg = rerank.RerankConfig()
+    cfg = rerank.RerankConfig(time_window=args.time_window, follow_steps=args.follow_steps)
     t0 = time.time()
     c = rerank.build_candidates(files, ds, 100, cfg)
     t1 = time.time()
@@ -86,7 +89,8 @@ def main():
            "cross_fit_seconds": round(t2 - t1, 1), "fit_and_order_seconds": round(t3 - t2, 1),
            "seconds": round(t3 - t0, 1), "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
            "valid_recall@10": round(metrics["recall@10"], 5), "importance": importance[:5]}
-    report("members", {"member": "rerank", "threads": args.threads, **row})
+    report("members", {"member": "rerank", "threads": args.threads, "time_window": cfg.time_window,
+                       "follow_steps": cfg.follow_steps, **row})
     print(json.dumps({"member": "rerank", **row}))
 
 

@@ -1,7 +1,12 @@
 """Reranker settings compared on the candidates of finished `bench/submission.py --recipe recipes/rerank.toml` runs.
 
     .venv/bin/python bench/submission.py --dataset ml --seeds 3 4 --recipe recipes/rerank.toml --threads 1
-    .venv/bin/python bench/rerank_variants.py --seeds 3 4
+    .venv/bin/python bench/rerank_variants.py --seeds 3 4 --recipe rerank
+
+A variant that learns from `carves` validation carves needs a run whose recipe fitted the members on at
+least that many (its `[rerank] carves`); the others are skipped with a note. Beside the cross-fitted score
+on the validation answers it prints the mean over every carve the run fitted (each half of the users scored
+by the model that learned from the other half): the same answers whatever a variant learns from.
 
 For each split it reads the report, builds the validation and test candidates of every member, and for each
 variant prints the cross-fitted validation Recall@10 (two halves of the validation users, each scored by a
@@ -39,6 +44,10 @@ VARIANTS = {  # name: (settings, with the linear blend's value as a feature)
     "small+blend carves3": (replace(SMALL, carves=3), True),
     "medium+blend carves3": (replace(BASE, max_iter=100, max_leaf_nodes=15, min_samples_leaf=100, carves=3), True),
     "small+blend+time0.02+follow5 carves3": (replace(SMALL, time_window=0.02, follow_steps=5, carves=3), True),
+    "small+blend+time0.05+follow5 carves3": (replace(SMALL, time_window=0.05, follow_steps=5, carves=3), True),
+    "small+blend+time0.02+follow10 carves3": (replace(SMALL, time_window=0.02, follow_steps=10, carves=3), True),
+    "small+blend carves4": (replace(SMALL, carves=4), True),
+    "small+blend+time0.02+follow5 carves4": (replace(SMALL, time_window=0.02, follow_steps=5, carves=4), True),
 }
 
 
@@ -63,20 +72,27 @@ def main():
         root = ROOT / f"data/bench-ml-h{seed}-split"
         valid, test = Dataset(root, "valid"), Dataset(root, "test")
         weights = rep["blend"]["weights"]
+        fitted = 1 + len(rep["members"][0]["seeds_detail"][0]["runs"].get("carves", []))
         for name in args.variants:
             cfg, blend = VARIANTS[name]
+            if cfg.carves > fitted:
+                print(f"split {seed}: {name} skipped: the run fitted the members on {fitted} carve(s)")
+                continue
             w = weights if blend else None
             cv = rerank.build_candidates(groups(rep, "tune", root), valid, 100, cfg, w)
             ct = rerank.build_candidates(groups(rep, "test", root), test, 100, cfg, w)
-            extra = []
-            for j in range(2, cfg.carves + 1):
+            carves = []  # every carve the run fitted; the variant learns from its first cfg.carves - 1
+            for j in range(2, fitted + 1):
                 carve = Dataset(root, f"valid{j}")
-                extra.append((rerank.build_candidates(groups(rep, "carves", root, j), carve, 100, cfg, w), carve))
+                carves.append((rerank.build_candidates(groups(rep, "carves", root, j), carve, 100, cfg, w), carve))
+            extra, scored = carves[:cfg.carves - 1], carves[cfg.carves - 1:]
             learn, y, rows = rerank.stack([(cv, valid), *extra])
             model = rerank.fit(learn, y, cfg, rows)
             users, top = rerank.rerank(model, ct, test, 10)
+            cross = rerank.cross_fit(cv, valid, cfg, 10, 0, extra, scored)[0]
             report("rerank_variants", {"split": seed, "variant": name,
-                                       "valid_cross_fitted": round(rerank.cross_fit(cv, valid, cfg, 10, 0, extra)[0]["recall@10"], 4),
+                                       "valid_cross_fitted": round(cross["recall@10"], 4),
+                                       "valid_all_carves": round(cross.get("recall@10, all carves", cross["recall@10"]), 4),
                                        "test": round(rerank.score(top, users, test, 10)["recall@10"], 4),
                                        "linear_valid": rep["blend"]["valid"]["recall@10"],
                                        "linear_test": rep["blend"]["test"]["recall@10"]})

@@ -7,6 +7,11 @@ from pathlib import Path
 from common.io import atomic_path, atomic_write_text, write_json
 
 
+
+def _carves(n: int) -> str:
+    """How many draws of the validation answers the reranker learned from, as the report says it."""
+    return f" ({n} draws of them, the members fitted on each)" if n > 1 else ""
+
 def plot_member(path: Path, member: dict, k: int) -> None:
     """Validation Recall@k per epoch of every tune run of a trained member (best epochs marked), or per
     grid point of a closed-form member."""
@@ -65,7 +70,8 @@ def markdown(report: dict) -> str:
         lines += [f"| **reranker** (the submitted order) | | **{_fmt(rr['valid'].get(r))}** (cross-fitted) | "
                   f"**{_fmt(rr['test'].get(r))}** | **{_fmt(rr['test'].get(nd))}** |", "",
                   f"The reranker ({len(rr['features'])} features, {rr['valid_pairs']:,} validation candidate pairs) "
-                  f"learned on validation answers to order the test candidates; its validation score is cross-fitted "
+                  f"learned on validation answers{_carves(rr.get('carves', 1))} to order the test candidates; its "
+                  "validation score is cross-fitted "
                   f"over two halves of the users. Permutation importance (drop in validation Recall@{k} when the "
                   "feature is shuffled):", "", "| feature | drop |", "| --- | --- |"]
         lines += [f"| {row['feature']} | {row[f'recall@{k} drop']:+.4f} |" for row in rr["importance"]]

@@ -286,29 +286,40 @@ def score(top: np.ndarray, users: np.ndarray, ds: Dataset, k: int) -> dict:
 
 def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
               importance_users: int = IMPORTANCE_USERS,
-              extra: list[tuple[Candidates, Dataset]] = ()) -> tuple[dict, list[dict]]:
+              extra: list[tuple[Candidates, Dataset]] = (),
+              score_only: list[tuple[Candidates, Dataset]] = ()) -> tuple[dict, list[dict]]:
     """Validation score of the reranker with the users split in two halves (each half scored by a model
     that learned on the other, from `ds`'s answers and those of the `extra` carves), and each feature's
     permutation importance: the drop in recall@k, over at most `importance_users` of the users (0: none),
-    when the feature's column is shuffled across their pairs."""
-    y = labels(c, ds)
+    when the feature's column is shuffled across their pairs.
+
+    With `extra` carves the same two models also score each carve's held-out half, and the mean recall@k
+    over all carves (the first included, and the `score_only` ones, which are not learned from) comes back
+    as "recall@k, all carves": more answers, less noise, and the same answers for any number learned from."""
     users = ds.eval_users()
     rng = np.random.default_rng(cfg.seed)
     half = rng.permutation(len(users)) % 2
     learn, learn_y, learn_rows = stack([(c, ds), *extra])
-    value, models = np.zeros(len(y)), []
+    sets = [(c, ds), *extra, *score_only]
+    values, models = [np.zeros(len(cj.users)) for cj, _ in sets], []
     for h in (0, 1):
         model = fit(learn, learn_y, cfg, learn_rows[np.isin(learn.users[learn_rows], users[half != h])])
-        rows = np.flatnonzero(np.isin(c.users, users[half == h]))
-        value[rows] = model.predict_proba(c.X[rows])[:, 1]
-        models.append((model, rows))
+        for j, ((cj, _), value) in enumerate(zip(sets, values)):
+            rows = np.flatnonzero(np.isin(cj.users, users[half == h]))
+            value[rows] = model.predict_proba(cj.X[rows])[:, 1]
+            if j == 0:  # the permutation importance reads the first carve
+                models.append((model, rows))
 
-    def recall(value: np.ndarray, users: np.ndarray) -> float:
+    def recall(value: np.ndarray, users: np.ndarray, c: Candidates = c, ds: Dataset = ds) -> dict:
         keep = np.isin(c.users, users)
         top = blend_top_k(c.users[keep], c.items[keep], value[keep], ds, k, users)
         return all_metrics(top, ds.answers_padded(users), k)
 
+    value = values[0]
     metrics = recall(value, users)
+    if len(sets) > 1:
+        metrics[f"recall@{k}, all carves"] = float(np.mean(
+            [recall(v, users, cj, dj)[f"recall@{k}"] for (cj, dj), v in zip(sets, values)]))
     if importance_users == 0:
         return metrics, []
     sample = np.sort(rng.choice(users, size=min(importance_users, len(users)), replace=False))

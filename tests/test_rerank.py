@@ -245,3 +245,35 @@ def test_stack_labels_each_set_by_its_own_answers(split, tmp_path):
     assert len(c.users) == len(cv.users) + len(ct.users) and c.names == cv.names
     assert y.tolist() == rerank.labels(cv, valid).tolist() + rerank.labels(ct, test).tolist()
     assert rows.tolist() == rerank.answered_rows(cv, valid).tolist() + (len(cv.users) + rerank.answered_rows(ct, test)).tolist()
+
+
+def test_cross_fit_over_carves_never_learns_from_the_users_it_scores(tmp_path, monkeypatch):
+    """Each of the two models learns from one half of the users, in every carve, and scores the other half;
+    with the first carve given again as the extra one, the all-carves score is the first carve's."""
+    root = tmp_path / "carved"
+    build_dataset(toy_raw(), root, 3, 2, seed=1, validation=True, name="toy", carves=2)
+    ds, ds2 = Dataset(root, "valid"), Dataset(root, "valid2")
+    cfg = rerank.RerankConfig(max_iter=20, min_samples_leaf=5)
+    c = rerank.build_candidates(groups_for(ds, tmp_path, "v"), ds, N, cfg)
+    c2 = rerank.build_candidates(groups_for(ds2, tmp_path, "v2"), ds2, N, cfg)
+    learned, real_fit = [], rerank.fit
+
+    def spy(cands, y, cfg, rows):
+        learned.append((set(cands.users[rows].tolist()), len(rows)))
+        return real_fit(cands, y, cfg, rows)
+
+    monkeypatch.setattr(rerank, "fit", spy)
+    metrics, _ = rerank.cross_fit(c, ds, cfg, 3, 0, [(c2, ds2)])
+    (first, n_first), (second, n_second) = learned
+    assert first and second and not first & second
+    assert first | second == set(ds.eval_users().tolist())
+    one_carve = len(rerank.answered_rows(c, ds))
+    assert n_first + n_second == one_carve + len(rerank.answered_rows(c2, ds2)) > one_carve
+    assert 0 <= metrics["recall@3, all carves"] <= 1
+    same, _ = rerank.cross_fit(c, ds, cfg, 3, 0, [(c, ds)])
+    assert same["recall@3, all carves"] == pytest.approx(same["recall@3"])
+    learned.clear()  # a carve scored only: learned from by neither model, and the first carve's score as alone
+    scored, _ = rerank.cross_fit(c, ds, cfg, 3, 0, [], [(c2, ds2)])
+    assert sum(n for _, n in learned) == one_carve
+    alone, _ = rerank.cross_fit(c, ds, cfg, 3, 0)
+    assert scored["recall@3"] == alone["recall@3"] and "recall@3, all carves" not in alone
