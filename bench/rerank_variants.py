@@ -45,6 +45,8 @@ VARIANTS = {  # name: (settings, with the linear blend's value as a feature)
     "medium+blend carves3": (replace(BASE, max_iter=100, max_leaf_nodes=15, min_samples_leaf=100, carves=3), True),
     "small+blend+time0.02+follow5 carves3": (replace(SMALL, time_window=0.02, follow_steps=5, carves=3), True),
     "small+blend+time0.05+follow5 carves3": (replace(SMALL, time_window=0.05, follow_steps=5, carves=3), True),
+    "small+blend+time0.05+follow5+attributes carves3": (replace(SMALL, time_window=0.05, follow_steps=5, attributes=True,
+                                                               carves=3), True),
     "small+blend+time0.02+follow10 carves3": (replace(SMALL, time_window=0.02, follow_steps=10, carves=3), True),
     "small+blend carves4": (replace(SMALL, carves=4), True),
     "small+blend+time0.02+follow5 carves4": (replace(SMALL, time_window=0.02, follow_steps=5, carves=4), True),
@@ -73,10 +75,14 @@ def main():
         valid, test = Dataset(root, "valid"), Dataset(root, "test")
         weights = rep["blend"]["weights"]
         fitted = 1 + len(rep["members"][0]["seeds_detail"][0]["runs"].get("carves", []))
+        held = valid.meta.get("carves", 1)  # the folder may have been preprocessed again with fewer carves
+        if held < fitted:
+            print(f"split {seed}: {root} now holds {held} carve(s) of the {fitted} the run fitted; using {held}")
+            fitted = held
         for name in args.variants:
             cfg, blend = VARIANTS[name]
             if cfg.carves > fitted:
-                print(f"split {seed}: {name} skipped: the run fitted the members on {fitted} carve(s)")
+                print(f"split {seed}: {name} skipped: it needs {cfg.carves} carves, {fitted} are usable")
                 continue
             w = weights if blend else None
             cv = rerank.build_candidates(groups(rep, "tune", root), valid, 100, cfg, w)
@@ -86,9 +92,7 @@ def main():
                 carve = Dataset(root, f"valid{j}")
                 carves.append((rerank.build_candidates(groups(rep, "carves", root, j), carve, 100, cfg, w), carve))
             extra, scored = carves[:cfg.carves - 1], carves[cfg.carves - 1:]
-            learn, y, rows = rerank.stack([(cv, valid), *extra])
-            model = rerank.fit(learn, y, cfg, rows)
-            users, top = rerank.rerank(model, ct, test, 10)
+            users, top = rerank.learn_and_order([(cv, valid), *extra], ct, test, cfg, 10)
             cross = rerank.cross_fit(cv, valid, cfg, 10, 0, extra, scored)[0]
             report("rerank_variants", {"split": seed, "variant": name,
                                        "valid_cross_fitted": round(cross["recall@10"], 4),

@@ -58,12 +58,10 @@ def check_dataset_matches(ckpt: dict, ds: Dataset, where: str) -> None:
     if ckpt.get("data_fingerprint") != ds.fingerprint:
         raise InputError(f"{where}: trained on data with fingerprint {ckpt.get('data_fingerprint')}, but {ds.root} "
                          f"is now {ds.fingerprint} (preprocessed again?); train again on it")
-    if ds.split != "test" and ckpt.get("split") == "test":
-        raise InputError(f"{where}: trained on the test split's training part, which holds the validation answers; "
-                         f"score it on the test split, or train with --split {ds.split}")
-    if ds.split != "test" and ckpt.get("split") not in (None, ds.split):
-        raise InputError(f"{where}: trained on the {ckpt.get('split')} split's training part, which holds "
-                         f"answers of {ds.split}; score it on {ckpt.get('split')} or test")
+    trained_on = ckpt.get("split")
+    if ds.split != "test" and trained_on not in (None, ds.split):
+        raise InputError(f"{where}: trained on the {trained_on} split's training part, which holds the "
+                         f"{ds.answers_label} answers; score it on the {trained_on} split, or train with --split {ds.split}")
 
 
 def check_architecture(saved: dict, args, where: str, hint: str) -> None:

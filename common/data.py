@@ -379,7 +379,8 @@ class Dataset:
             if split not in carves:
                 raise InputError(f"{self.root}: no validation carve {split!r} (it holds {1 + len(carves)}); run "
                                  "01_preprocess.py with a larger --carves")
-            self.fingerprint = dataset_fingerprint(self.root, files=(carve_file(split),), base=self.fingerprint)
+            loaded[carve_file(split)] = read_npz(self.root / carve_file(split))  # read once: hashed, then used
+            self.fingerprint = dataset_fingerprint(self.root, loaded, files=(carve_file(split),), base=self.fingerprint)
             if self.fingerprint != carves[split]:
                 raise InputError(f"{self.root}: {carve_file(split)} does not match its fingerprint in meta.json; "
                                  "run 01_preprocess.py again")
@@ -392,7 +393,7 @@ class Dataset:
             if not self.meta.get("validation"):
                 raise InputError(f"{self.root}: preprocessed without a validation split; run 01_preprocess.py "
                                  "with a hold-out and --validation")
-            answers = loaded["valid.npz"] if split == "valid" else read_npz(self.root / carve_file(split))
+            answers = loaded[carve_file(split)]
             keep = np.ones(len(self.items), dtype=bool)
             keep[answers["positions"]] = False
             owner = row_owners(self.indptr)

@@ -243,9 +243,7 @@ def rerank_stage(recipe: Recipe, learn: list[tuple[Candidates, Dataset]], apply:
     """Learn the reranker on the candidates of each pair of `learn` against that dataset's answers, then order
     the candidates of `apply`. Returns (users [U], top-k [U, k], metrics on `apply`'s answers or {}, seconds)."""
     t0 = time.time()
-    c, y, rows = rerank.stack(learn)
-    model = rerank.fit(c, y, recipe.rerank, rows)
     target, ds = apply
-    users, top = rerank.rerank(model, target, ds, recipe.k)
+    users, top = rerank.learn_and_order(learn, target, ds, recipe.rerank, recipe.k)
     metrics = rerank.score(top, users, ds, recipe.k) if ds.has_holdout else {}
     return users, top, metrics, round(time.time() - t0, 1)

@@ -186,6 +186,10 @@ def load_recipe(path: Path) -> Recipe:
         _check(isinstance(table, dict), path, "rerank", "must be a table")
         for key, value in table.items():
             _check(key in known, path, f"rerank.{key}", f"unknown key; choose from {', '.join(known)}")
+            if known[key] == "bool":
+                _check(isinstance(value, bool), path, f"rerank.{key}", "must be true or false")
+                setattr(recipe.rerank, key, value)
+                continue
             want_int = known[key] == "int"
             ok = (isinstance(value, int) and not isinstance(value, bool)) if want_int else _number(value)
             _check(ok, path, f"rerank.{key}", f"must be {'an integer' if want_int else 'a number'}")

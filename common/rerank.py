@@ -24,6 +24,10 @@ With `follow_steps` s > 0:
   follow_last, follow_recent   how often the candidate comes within s steps after the user's latest item
                     (after each of the latest 5, averaged) in the training sequences, as a share of all
                     that come within s steps after that item
+With `attributes` on, for each kind of item attribute (genre, year as a decade, director, writer, ...):
+  <kind>_share      the mean, over the candidate's attributes of that kind, of the share of the user's
+                    training items that hold the attribute (-1 where the candidate has none of that kind)
+  <kind>_recent     the same over the user's latest 5 items
 Labels are the answers of the data the candidates were made on: validation answers for the model that
 scores the test candidates, test answers (and the validation ones) for the model that scores the final
 candidates. With `carves` > 1 the members are also fitted on each extra validation carve (other random
@@ -68,6 +72,7 @@ class RerankConfig:
     near_window: int = setting(50, ge=1)
     time_window: float = setting(0.0, ge=0, le=1)  # 0: no time features
     follow_steps: int = setting(0, ge=0)  # 0: no follow features
+    attributes: bool = setting(False)  # the side-file features (<kind>_share, <kind>_recent)
     carves: int = setting(1, ge=1, le=MAX_CARVES)  # validation carves to learn from (1: the validation answers)
     seed: int = setting(0, ge=0)
 
@@ -201,6 +206,43 @@ def follow_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, steps: int, chu
     return out, ["follow_last", "follow_recent"]
 
 
+def attribute_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, chunk: int = 200_000):
+    """[P, 2K]: <kind>_share and <kind>_recent of each pair, for the K attribute kinds of the data set (see the
+    module's docstring). Each chunk of pairs makes its users' attribute profiles ([users, attributes], dense)
+    and gathers them at the candidates' attributes."""
+    import scipy.sparse as sp
+    indptr, ids, names = ds.attributes()
+    kinds = sorted({n.split("=", 1)[0] for n in names})
+    if not kinds:
+        return np.zeros((len(pu), 0), dtype=np.float32), []
+    V, A = ds.n_items + 1, len(names)
+    kind_of = np.searchsorted(kinds, [n.split("=", 1)[0] for n in names])  # [A]
+    item_of = row_owners(indptr)  # [nnz] the item of each (item, attribute) entry
+    I = sp.csr_matrix((np.ones(len(ids), np.float32), (item_of, ids - 1)), shape=(V, A))
+    n_kind = np.zeros((V, len(kinds)))  # attributes of each kind per item
+    np.add.at(n_kind, (item_of, kind_of[ids - 1]), 1.0)
+    X = ds.seen_matrix()  # [U, V] 0/1
+    lengths = np.maximum(np.diff(ds.indptr), 1)
+    out = np.zeros((len(pu), 2 * len(kinds)), dtype=np.float32)
+    for s in range(0, len(pu), chunk):
+        u, i = pu[s:s + chunk], pi[s:s + chunk]
+        users, pos = np.unique(u, return_inverse=True)
+        whole = (X[users] @ I).toarray() / lengths[users, None]  # [cu, A] share of the history holding a
+        hist = pad_rows(ds.indptr, ds.items, users, RECENT_ITEMS, left=True)  # [cu, 5], 0 = padding
+        row, col = np.nonzero(hist)
+        R = sp.csr_matrix((np.ones(len(row), np.float32), (row, hist[row, col])), shape=(len(users), V))
+        recent = (R @ I).toarray() / np.maximum((hist > 0).sum(1), 1)[:, None]
+        count = I.indptr[i + 1] - I.indptr[i]  # the candidates' attributes, one entry each
+        pair = np.repeat(np.arange(len(i)), count)
+        attr = I.indices[np.arange(len(pair)) - np.repeat(np.cumsum(count) - count, count) + np.repeat(I.indptr[i], count)]
+        cell = pair * len(kinds) + kind_of[attr]
+        has = n_kind[i].ravel()
+        for j, profile in enumerate((whole, recent)):
+            total = np.bincount(cell, weights=profile[pos[pair], attr], minlength=len(i) * len(kinds))
+            out[s:s + chunk, j::2] = np.where(has > 0, total / np.maximum(has, 1.0), -1.0).reshape(len(i), len(kinds))
+    return out, [f"{k}_{what}" for k in kinds for what in ("share", "recent")]
+
+
 def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: RerankConfig,
                      weights: dict[str, float] | None = None) -> Candidates:
     pu, pi, M, names = member_features(groups, ds, n, weights)
@@ -215,6 +257,10 @@ def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: Re
         F, follow_names = follow_features(ds, pu, pi, cfg.follow_steps)
         blocks.append(F)
         names += follow_names
+    if cfg.attributes:
+        S, attribute_names = attribute_features(ds, pu, pi)
+        blocks.append(S)
+        names += attribute_names
     return Candidates(pu, pi, np.concatenate(blocks, axis=1).astype(np.float32), names)
 
 
@@ -277,6 +323,14 @@ def rerank(model, c: Candidates, ds: Dataset, k: int) -> tuple[np.ndarray, np.nd
     users = np.unique(c.users)
     value = model.predict_proba(c.X)[:, 1]
     return users, blend_top_k(c.users, c.items, value, ds, k, users)
+
+
+def learn_and_order(learn: list[tuple[Candidates, Dataset]], c: Candidates, ds: Dataset, cfg: RerankConfig,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learn the classifier on the candidates of each pair of `learn` against that pair's answers, then order
+    the candidates `c` of `ds`: (users [U], top-k items [U, k])."""
+    stacked, y, rows = stack(learn)
+    return rerank(fit(stacked, y, cfg, rows), c, ds, k)
 
 
 def score(top: np.ndarray, users: np.ndarray, ds: Dataset, k: int) -> dict:

@@ -27,8 +27,13 @@ def toy_raw() -> RawData:
         users += [u] * n
         items += rng.choice(np.arange(1, 41), size=n, replace=False).tolist()
         times += sorted(rng.uniform(0, 1000, size=n).tolist())
+    import pandas as pd
+    genre_items = [i for i in range(1, 41) if i % 7]  # items 7, 14, ... have no genre
+    genres = pd.DataFrame({"item": np.repeat(genre_items, [1 + i % 3 for i in genre_items]),
+                           "value": [f"g{(i + j) % 5}" for i in genre_items for j in range(1 + i % 3)]})
+    years = pd.DataFrame({"item": np.arange(1, 41, 2), "value": [str(1950 + 7 * i) for i in range(20)]})
     return RawData(users=np.asarray(users, np.int64), items=np.asarray(items, np.int64),
-                   times=np.asarray(times), source="toy")
+                   times=np.asarray(times), source="toy", side={"genres": genres, "years": years})
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +101,17 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig, weights: 
         lo, hi = max(lo, 0.0), min(hi, 1.0)
         return sum(ds.items[j] == i and lo <= q[j] <= hi for j in range(n)) / max((hi - lo) * n, 1.0)
 
+    a_indptr, a_ids, a_names = ds.attributes()
+    attrs = [{a_names[a - 1] for a in a_ids[a_indptr[i]:a_indptr[i + 1]]} for i in range(ds.n_items + 1)]
+    kinds = sorted({name.split("=")[0] for name in a_names})
+
+    def holding(i, kind, items):
+        """Mean over i's attributes of `kind` of the share of `items` that hold it (-1: i has none)."""
+        mine = [a for a in attrs[i] if a.startswith(kind + "=")]
+        if not mine:
+            return -1.0
+        return float(np.mean([sum(a in attrs[h] for h in items) / max(len(items), 1) for a in mine]))
+
     out = {}
     for u in range(ds.n_users):
         pairs = sorted({i for (name, s), per in lists.items() for i, _, _ in per[u]})
@@ -134,21 +150,35 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig, weights: 
             latest = seqs[u][::-1][:rerank.RECENT_ITEMS]
             f["follow_last"] = follow(latest[0], i) if latest else 0.0
             f["follow_recent"] = sum(follow(h, i) for h in latest) / rerank.RECENT_ITEMS
+            for kind in kinds:
+                f[f"{kind}_share"] = holding(i, kind, seqs[u])
+                f[f"{kind}_recent"] = holding(i, kind, latest)
             out[(u, i)] = f
     return out
 
 
 def test_features_match_a_slow_reference(split, tmp_path):
     ds = Dataset(split, "valid")
-    cfg = rerank.RerankConfig(near_window=7, time_window=0.1037, follow_steps=3)
+    cfg = rerank.RerankConfig(near_window=7, time_window=0.1037, follow_steps=3, attributes=True)
     groups, weights = groups_for(ds, tmp_path, "v"), {"a": 2.0, "b": 0.5}
     c = rerank.build_candidates(groups, ds, N, cfg, weights)
     want = slow_features(ds, groups, cfg, weights)
-    assert {"blend", "first_gap", "pop_in_span", "follow_recent"} <= set(c.names)
+    assert {"blend", "first_gap", "pop_in_span", "follow_recent", "genre_share", "year_recent"} <= set(c.names)
+    assert {-1.0, 0.0} <= set(c.X[:, c.names.index("genre_share")].tolist())  # items without a genre, and unmatched
     assert len(c.users) == len(want) and np.all(np.diff(c.users) >= 0)
     for p, (u, i) in enumerate(zip(c.users.tolist(), c.items.tolist())):
         for f, name in enumerate(c.names):
             assert c.X[p, f] == pytest.approx(want[(u, i)][name], rel=1e-4, abs=1e-5), (u, i, name)
+
+
+def test_attribute_features_do_not_depend_on_the_chunk_size(split):
+    ds = Dataset(split, "valid")
+    pu = np.repeat(np.arange(ds.n_users), 4)
+    pi = (np.arange(len(pu)) * 7) % ds.n_items + 1
+    whole, names = rerank.attribute_features(ds, pu, pi)
+    chunked, _ = rerank.attribute_features(ds, pu, pi, chunk=7)  # chunks that cut users in two
+    assert names == ["genre_share", "genre_recent", "year_share", "year_recent"]
+    np.testing.assert_array_equal(whole, chunked)
 
 
 def test_labels_are_the_answers_of_the_dataset_given(split, tmp_path):

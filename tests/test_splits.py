@@ -263,6 +263,7 @@ def test_recipe_parses(tmp_path):
     ("[[member]]\nname = 'a'\n[rerank]\nrecent_share = 1.5\n", "rerank.recent_share must be <= 1"),
     ("[[member]]\nname = 'a'\n[rerank]\nmax_iter = 2.5\n", "rerank.max_iter: must be an integer"),
     ("[[member]]\nname = 'a'\n[rerank]\ntrees = 3\n", "rerank.trees: unknown key"),
+    ("[[member]]\nname = 'a'\n[rerank]\nattributes = 1\n", "rerank.attributes: must be true or false"),
     # flags the pipeline sets itself
     ("[[member]]\nname = 'a'\nargs = '--seed 3'\n", "'args' sets --seed, which the pipeline sets itself"),
     ("[[member]]\nname = 'a'\nargs = '--select=last'\n", "'args' sets --select, which the pipeline sets itself"),

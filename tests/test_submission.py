@@ -231,7 +231,7 @@ def test_the_reranker_orders_the_final_file(first):
     tmp, raw, _ = first
     recipe = RECIPE.replace("tune_rounds = 1\n", 'tune_rounds = 1\nblend = "rerank"\n')
     (tmp / "rerank.toml").write_text(recipe + "\n[rerank]\nmax_iter = 20\nmin_samples_leaf = 5\ncarves = 2\n"
-                                     "time_window = 0.05\nfollow_steps = 3\n")
+                                     "time_window = 0.05\nfollow_steps = 3\nattributes = true\n")
     p = run_script("06_submission.py", "--input", raw, "--recipe", tmp / "rerank.toml", "--name", "tiny",
                    "--data-dir", tmp / "data", "--out-dir", tmp / "subs-rr", "--threads", "1", timeout=600)
     assert p.returncode == 0, describe(p)
@@ -240,7 +240,7 @@ def test_the_reranker_orders_the_final_file(first):
     rr = report["rerank"]
     assert report["method"] == "rerank" and 0 < rr["test"]["recall@10"] <= 1 and "recall@10" in rr["valid"]
     assert "blend" in rr["features"] and {r["feature"] for r in rr["importance"]} == set(rr["features"])
-    assert {"first_gap", "follow_last"} <= set(rr["features"]) and rr["carves"] == 2
+    assert {"first_gap", "follow_last", "genre_share", "director_recent"} <= set(rr["features"]) and rr["carves"] == 2
     assert "reused" in p.stdout and "carve 2 of 2" in p.stdout
     carve_steps = [json.loads(s.read_text()) for s in (tmp / "data" / "tiny-split" / "runs").glob("*-carve2-*/step.json")]
     assert carve_steps and {s["split"] for s in carve_steps} == {"valid2"}
