@@ -5,6 +5,7 @@ cloze model, and the seconds and memory of the reranker stage over real candidat
     .venv/bin/python bench/members.py --epochs 3 --threads 2
     .venv/bin/python bench/members.py --members --reuse-candidates   # the reranker stage alone
     .venv/bin/python bench/members.py --members --reuse-candidates --time-window 0.05 --follow-steps 5
+    .venv/bin/python bench/members.py --members --reuse-candidates --time-window 0.05 --follow-steps 5 --attributes
 
 Each member trains --epochs epochs on the validation split (evaluation on the validation answers included in
 each epoch's seconds). The reranker stage reads the validation candidates (top 100) of EASE (--preset
@@ -54,6 +55,7 @@ def main():
                     help="keep candidate files an earlier call wrote (refused if the data changed since)")
     ap.add_argument("--time-window", type=float, default=0.0, help="the reranker's time features (0: none)")
     ap.add_argument("--follow-steps", type=int, default=0, help="the reranker's follow features (0: none)")
+    ap.add_argument("--attributes", action="store_true", help="the reranker's attribute features")
     args = ap.parse_args()
     raw = ROOT / "data" / "raw" / "demo-full"
     ensure_full_demo(raw)
@@ -76,7 +78,7 @@ def main():
                  f"{data}/runs/{run}", "--threads", str(args.threads)])
     ds = Dataset(ROOT / data, "valid")
     rerank.fit_threads(args.threads)
-    cfg = rerank.RerankConfig(time_window=args.time_window, follow_steps=args.follow_steps)
+    cfg = rerank.RerankConfig(time_window=args.time_window, follow_steps=args.follow_steps, attributes=args.attributes)
     t0 = time.time()
     c = rerank.build_candidates(files, ds, 100, cfg)
     t1 = time.time()
@@ -90,7 +92,7 @@ def main():
            "seconds": round(t3 - t0, 1), "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
            "valid_recall@10": round(metrics["recall@10"], 5), "importance": importance[:5]}
     report("members", {"member": "rerank", "threads": args.threads, "time_window": cfg.time_window,
-                       "follow_steps": cfg.follow_steps, **row})
+                       "follow_steps": cfg.follow_steps, "attributes": cfg.attributes, **row})
     print(json.dumps({"member": "rerank", **row}))
 
 
