@@ -47,6 +47,8 @@ VARIANTS = {  # name: (settings, with the linear blend's value as a feature)
     "small+blend+time0.05+follow5 carves3": (replace(SMALL, time_window=0.05, follow_steps=5, carves=3), True),
     "small+blend+time0.05+follow5+attributes carves3": (replace(SMALL, time_window=0.05, follow_steps=5, attributes=True,
                                                                carves=3), True),
+    "small+blend+time0.05+follow5+profile carves3": (replace(SMALL, time_window=0.05, follow_steps=5, profile=True,
+                                                            carves=3), True),
     "small+blend+time0.05+follow5 carves3 500 trees": (replace(SMALL, time_window=0.05, follow_steps=5, carves=3,
                                                                 max_iter=500), True),
     "small+blend+time0.05+follow5+attributes carves3 500 trees": (replace(SMALL, time_window=0.05, follow_steps=5,

@@ -24,6 +24,10 @@ With `follow_steps` s > 0:
   follow_last, follow_recent   how often the candidate comes within s steps after the user's latest item
                     (after each of the latest 5, averaged) in the training sequences, as a share of all
                     that come within s steps after that item
+With `profile` on, the candidate against the user's own taste in popularity:
+  user_pop          the mean item_pop of the user's training items
+  pop_gap           item_pop minus user_pop
+  pop_gap_recent    item_pop minus the mean item_pop of the user's latest 5 items
 With `attributes` on, for each kind of item attribute (genre, year as a decade, director, writer, ...):
   <kind>_share      the mean, over the candidate's attributes of that kind, of the share of the user's
                     training items that hold the attribute (-1 where the candidate has none of that kind)
@@ -73,6 +77,7 @@ class RerankConfig:
     time_window: float = setting(0.0, ge=0, le=1)  # 0: no time features
     follow_steps: int = setting(0, ge=0)  # 0: no follow features
     attributes: bool = setting(False)  # the side-file features (<kind>_share, <kind>_recent)
+    profile: bool = setting(False)  # the popularity-profile features (user_pop, pop_gap, pop_gap_recent)
     carves: int = setting(1, ge=1, le=MAX_CARVES)  # validation carves to learn from (1: the validation answers)
     seed: int = setting(0, ge=0)
 
@@ -206,6 +211,16 @@ def follow_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, steps: int, chu
     return out, ["follow_last", "follow_recent"]
 
 
+def profile_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, item_pop: np.ndarray):
+    """[P, 3]: user_pop, pop_gap, pop_gap_recent of each pair (`item_pop`: [n_items + 1], log1p counts)."""
+    lengths = np.diff(ds.indptr)
+    user_pop = np.bincount(row_owners(ds.indptr), weights=item_pop[ds.items], minlength=ds.n_users) / np.maximum(lengths, 1)
+    hist = pad_rows(ds.indptr, ds.items, np.arange(ds.n_users), RECENT_ITEMS, left=True)  # [U, 5], 0 = padding
+    recent = np.where(hist > 0, item_pop[hist], 0.0).sum(1) / np.maximum((hist > 0).sum(1), 1)
+    out = np.stack([user_pop[pu], item_pop[pi] - user_pop[pu], item_pop[pi] - recent[pu]], axis=1)
+    return out.astype(np.float32), ["user_pop", "pop_gap", "pop_gap_recent"]
+
+
 def attribute_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, chunk: int = 200_000):
     """[P, 2K]: <kind>_share and <kind>_recent of each pair, for the K attribute kinds of the data set (see the
     module's docstring). Each chunk of pairs makes its users' attribute profiles ([users, attributes], dense)
@@ -257,6 +272,10 @@ def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: Re
         F, follow_names = follow_features(ds, pu, pi, cfg.follow_steps)
         blocks.append(F)
         names += follow_names
+    if cfg.profile:
+        P, profile_names = profile_features(ds, pu, pi, items[:, 0])
+        blocks.append(P)
+        names += profile_names
     if cfg.attributes:
         S, attribute_names = attribute_features(ds, pu, pi)
         blocks.append(S)

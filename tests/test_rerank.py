@@ -150,6 +150,10 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig, weights: 
             latest = seqs[u][::-1][:rerank.RECENT_ITEMS]
             f["follow_last"] = follow(latest[0], i) if latest else 0.0
             f["follow_recent"] = sum(follow(h, i) for h in latest) / rerank.RECENT_ITEMS
+            pop = [math.log1p(counts[h]) for h in seqs[u]]
+            f["user_pop"] = float(np.mean(pop)) if pop else 0.0
+            f["pop_gap"] = f["item_pop"] - f["user_pop"]
+            f["pop_gap_recent"] = f["item_pop"] - (float(np.mean([math.log1p(counts[h]) for h in latest])) if latest else 0.0)
             for kind in kinds:
                 f[f"{kind}_share"] = holding(i, kind, seqs[u])
                 f[f"{kind}_recent"] = holding(i, kind, latest)
@@ -159,11 +163,11 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig, weights: 
 
 def test_features_match_a_slow_reference(split, tmp_path):
     ds = Dataset(split, "valid")
-    cfg = rerank.RerankConfig(near_window=7, time_window=0.1037, follow_steps=3, attributes=True)
+    cfg = rerank.RerankConfig(near_window=7, time_window=0.1037, follow_steps=3, attributes=True, profile=True)
     groups, weights = groups_for(ds, tmp_path, "v"), {"a": 2.0, "b": 0.5}
     c = rerank.build_candidates(groups, ds, N, cfg, weights)
     want = slow_features(ds, groups, cfg, weights)
-    assert {"blend", "first_gap", "pop_in_span", "follow_recent", "genre_share", "year_recent"} <= set(c.names)
+    assert {"blend", "first_gap", "pop_in_span", "follow_recent", "genre_share", "year_recent", "pop_gap"} <= set(c.names)
     assert {-1.0, 0.0} <= set(c.X[:, c.names.index("genre_share")].tolist())  # items without a genre, and unmatched
     assert len(c.users) == len(want) and np.all(np.diff(c.users) >= 0)
     for p, (u, i) in enumerate(zip(c.users.tolist(), c.items.tolist())):
