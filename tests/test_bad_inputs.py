@@ -352,7 +352,8 @@ def test_ctrl_c_during_training_says_how_to_continue(tmp_path):
 
 
 def test_ctrl_c_before_the_first_epoch_leaves_no_run_folder(tmp_path):
-    p, _, run = start_training(tmp_path, "--batch-size", "1")
+    # more epochs than it can finish: the signal always lands while it trains, however late the poll sees it
+    p, _, run = start_training(tmp_path, "--batch-size", "1", "--epochs", "100000", "--patience", "100000")
     wait_for(run / "config.json", p, 0.02)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
