@@ -24,6 +24,10 @@ With `follow_steps` s > 0:
   follow_last, follow_recent   how often the candidate comes within s steps after the user's latest item
                     (after each of the latest 5, averaged) in the training sequences, as a share of all
                     that come within s steps after that item
+With `fill_steps` s > 0, the candidate against the whole history, by items seen close together (within s
+steps of each other, either way, in the training sequences; the count over the root of the two items'
+counts):
+  fill_max, fill_mean   that closeness to the history item it is closest to, and its mean over the history
 With `profile` on, the candidate against the user's own taste in popularity:
   user_pop          the mean item_pop of the user's training items
   pop_gap           item_pop minus user_pop
@@ -32,6 +36,10 @@ With `attributes` on, for each kind of item attribute (genre, year as a decade, 
   <kind>_share      the mean, over the candidate's attributes of that kind, of the share of the user's
                     training items that hold the attribute (-1 where the candidate has none of that kind)
   <kind>_recent     the same over the user's latest 5 items
+With `relative` on, for the blend, each member's z-score and the item, history, time and follow features
+above (those built), the pair against the user's other candidates:
+  <feature>_urank   its rank among the user's candidates by that feature (1 = highest; ties share the best)
+  <feature>_gap     its value minus the user's RELATIVE_CUT-th highest (the lowest where fewer)
 Labels are the answers of the data the candidates were made on: validation answers for the model that
 scores the test candidates, test answers (and the validation ones) for the model that scores the final
 candidates. With `carves` > 1 the members are also fitted on each extra validation carve (other random
@@ -57,6 +65,9 @@ from common.metrics import all_metrics
 
 RECENT_ITEMS = 5  # history items averaged in recent_cos
 IMPORTANCE_USERS = 3000  # users whose pairs the permutation importance reads
+RELATIVE_CUT = 10  # the place in the user's candidates that the _gap features are measured from: the list scored
+RELATIVE_OF = ("blend", "item_pop", "item_pop_recent", "near_cos", "recent_cos", "pop_at_last", "pop_in_span",
+               "follow_last", "follow_recent")  # besides every <member>_z
 
 
 @dataclass
@@ -77,7 +88,10 @@ class RerankConfig:
     time_window: float = setting(0.0, ge=0, le=1)  # 0: no time features
     follow_steps: int = setting(0, ge=0)  # 0: no follow features
     attributes: bool = setting(False)  # the side-file features (<kind>_share, <kind>_recent)
+    fill_steps: int = setting(0, ge=0)  # 0: no fill features
     profile: bool = setting(False)  # the popularity-profile features (user_pop, pop_gap, pop_gap_recent)
+    relative: bool = setting(False)  # the per-user relative features (<feature>_urank, <feature>_gap)
+    depth: int = setting(0, ge=0)  # read each member's top `depth` candidates alone (0: all the recipe's)
     carves: int = setting(1, ge=1, le=MAX_CARVES)  # validation carves to learn from (1: the validation answers)
     seed: int = setting(0, ge=0)
 
@@ -96,7 +110,7 @@ def member_features(groups: dict[str, list[Path]], ds: Dataset, n: int, weights:
 
     Returns (users [P], items [P], features [P, 3M (+1)], names)."""
     paths = [p for ps in groups.values() for p in ps]
-    frames = load_inputs(paths, ds, "score")
+    frames = [f[f["rank"] <= n].reset_index(drop=True) for f in load_inputs(paths, ds, "score")]  # each one's top n
     pu, pi, C = contribution_matrix(frames, "score", "zscore")  # C [R, P]: z-score, floor where unlisted
     key = pu * (ds.n_items + 1) + pi  # sorted
     rank = np.full((len(frames), len(pu)), n + 1.0)
@@ -181,9 +195,10 @@ def time_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, window: float):
     return out.astype(np.float32), ["user_last", "first_gap", "pop_at_last", "pop_in_span"]
 
 
-def follow_matrix(ds: Dataset, steps: int):
+def follow_matrix(ds: Dataset, steps: int, normalise: bool = True):
     """Dense [n_items + 1, n_items + 1] float32: row a holds how often each item comes within `steps` steps
-    after a in a training sequence, divided by the row's total (rows and column 0 are 0 where empty)."""
+    after a in a training sequence, divided by the row's total (rows and column 0 are 0 where empty;
+    `normalise=False`: the counts)."""
     import scipy.sparse as sp
     owner = row_owners(ds.indptr)
     src, dst = [], []
@@ -194,7 +209,8 @@ def follow_matrix(ds: Dataset, steps: int):
     src, dst = np.concatenate(src), np.concatenate(dst)
     V = ds.n_items + 1
     F = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(V, V)).toarray()
-    F /= np.maximum(F.sum(1, keepdims=True), 1.0)
+    if normalise:
+        F /= np.maximum(F.sum(1, keepdims=True), 1.0)
     return F
 
 
@@ -209,6 +225,38 @@ def follow_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, steps: int, chu
         out[s:s + chunk, 0] = f[:, 0]
         out[s:s + chunk, 1] = f.mean(1)
     return out, ["follow_last", "follow_recent"]
+
+
+def closeness_matrix(ds: Dataset, steps: int):
+    """Dense [n_items + 1, n_items + 1] float32, symmetric: how often two items come within `steps` steps of
+    each other in a training sequence, over the root of the product of their counts (row and column 0: 0)."""
+    F = follow_matrix(ds, steps, normalise=False)
+    F += F.T
+    norm = np.sqrt(np.maximum(np.bincount(ds.items, minlength=ds.n_items + 1), 1.0)).astype(np.float32)
+    F /= norm[:, None]
+    F /= norm[None, :]
+    return F
+
+
+def fill_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, steps: int, budget: int = 20_000_000):
+    """[P, 2]: fill_max, fill_mean of each pair. Pairs go in chunks of at most `budget` (pair, history item)
+    cells, each gathered flat and reduced per pair."""
+    C = closeness_matrix(ds, steps)
+    lengths = np.diff(ds.indptr)[pu]
+    out = np.zeros((len(pu), 2), dtype=np.float32)
+    cum = np.cumsum(lengths)
+    cuts = np.searchsorted(cum, np.arange(budget, int(cum[-1]) if len(cum) else 0, budget), side="right")
+    edges = np.unique(np.concatenate([[0], cuts, [len(pu)]]))
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        n = lengths[lo:hi]
+        offsets = np.cumsum(n) - n  # [c] the first cell of each pair
+        cells = np.arange(int(n.sum())) - np.repeat(offsets, n)  # the position within the user's history
+        v = C[ds.items[np.repeat(ds.indptr[pu[lo:hi]], n) + cells], np.repeat(pi[lo:hi], n)]
+        has = n > 0
+        if has.any():
+            out[lo:hi][has, 0] = np.maximum.reduceat(v, offsets[has])
+            out[lo:hi][has, 1] = np.add.reduceat(v, offsets[has]) / n[has]
+    return out, ["fill_max", "fill_mean"]
 
 
 def profile_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, item_pop: np.ndarray):
@@ -258,8 +306,28 @@ def attribute_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, chunk: int =
     return out, [f"{k}_{what}" for k in kinds for what in ("share", "recent")]
 
 
+def relative_features(pu: np.ndarray, X: np.ndarray, names: list[str], cut: int = RELATIVE_CUT):
+    """[P, 2R]: <feature>_urank and <feature>_gap of each pair (`pu` sorted) for the R columns of `X` named in
+    RELATIVE_OF or ending in _z. One sort per column, by user and then by falling value."""
+    cols = [j for j, name in enumerate(names) if name in RELATIVE_OF or name.endswith("_z")]
+    start = np.searchsorted(pu, pu, side="left")  # [P] the first pair of each pair's user
+    end = np.searchsorted(pu, pu, side="right")
+    out = np.zeros((len(pu), 2 * len(cols)), dtype=np.float32)
+    position = np.arange(len(pu))
+    for r, j in enumerate(cols):
+        x = X[:, j].astype(np.float64)
+        order = np.lexsort((-x, pu))  # the users keep their blocks: start and end hold for the sorted pairs too
+        xs, us = x[order], pu[order]
+        new = np.r_[True, (us[1:] != us[:-1]) | (xs[1:] != xs[:-1])]
+        first_equal = np.maximum.accumulate(np.where(new, position, 0))
+        out[order, 2 * r] = first_equal - start + 1
+        out[order, 2 * r + 1] = xs - xs[np.minimum(start + cut - 1, end - 1)]
+    return out, [f"{names[j]}_{what}" for j in cols for what in ("urank", "gap")]
+
+
 def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: RerankConfig,
                      weights: dict[str, float] | None = None) -> Candidates:
+    n = min(n, cfg.depth) if cfg.depth else n
     pu, pi, M, names = member_features(groups, ds, n, weights)
     items, item_names = item_features(ds, cfg.recent_share)
     H, hist_names = history_features(ds, pu, pi, cfg.near_window)
@@ -272,6 +340,10 @@ def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: Re
         F, follow_names = follow_features(ds, pu, pi, cfg.follow_steps)
         blocks.append(F)
         names += follow_names
+    if cfg.fill_steps > 0:
+        L, fill_names = fill_features(ds, pu, pi, cfg.fill_steps)
+        blocks.append(L)
+        names += fill_names
     if cfg.profile:
         P, profile_names = profile_features(ds, pu, pi, items[:, 0])
         blocks.append(P)
@@ -280,7 +352,11 @@ def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: Re
         S, attribute_names = attribute_features(ds, pu, pi)
         blocks.append(S)
         names += attribute_names
-    return Candidates(pu, pi, np.concatenate(blocks, axis=1).astype(np.float32), names)
+    X = np.concatenate(blocks, axis=1).astype(np.float32)
+    if cfg.relative:
+        R, relative_names = relative_features(pu, X, names)
+        X, names = np.concatenate([X, R], axis=1), names + relative_names
+    return Candidates(pu, pi, X, names)
 
 
 def fit_threads(threads: int):

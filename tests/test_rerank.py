@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,13 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig, weights: 
     def follow(a, b):
         return follows[a, b] / follows[a].sum() if a and follows[a].sum() else 0.0
 
+    def close(a, b):
+        """How often a and b come within fill_steps of each other, over the root of their counts."""
+        together = sum(1 for s in seqs for p in range(len(s)) for r in range(p + 1, min(p + 1 + cfg.fill_steps, len(s)))
+                       if {s[p], s[r]} == {a, b} or (a == b == s[p] == s[r]))
+        together *= 2 if a == b else 1
+        return together / math.sqrt(max(counts[a], 1) * max(counts[b], 1))
+
     def share(i, lo, hi):
         lo, hi = max(lo, 0.0), min(hi, 1.0)
         return sum(ds.items[j] == i and lo <= q[j] <= hi for j in range(n)) / max((hi - lo) * n, 1.0)
@@ -150,6 +158,9 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig, weights: 
             latest = seqs[u][::-1][:rerank.RECENT_ITEMS]
             f["follow_last"] = follow(latest[0], i) if latest else 0.0
             f["follow_recent"] = sum(follow(h, i) for h in latest) / rerank.RECENT_ITEMS
+            closeness = [close(h, i) for h in seqs[u]]
+            f["fill_max"] = max(closeness + [0.0])
+            f["fill_mean"] = float(np.mean(closeness)) if closeness else 0.0
             pop = [math.log1p(counts[h]) for h in seqs[u]]
             f["user_pop"] = float(np.mean(pop)) if pop else 0.0
             f["pop_gap"] = f["item_pop"] - f["user_pop"]
@@ -163,16 +174,77 @@ def slow_features(ds: Dataset, groups: dict, cfg: rerank.RerankConfig, weights: 
 
 def test_features_match_a_slow_reference(split, tmp_path):
     ds = Dataset(split, "valid")
-    cfg = rerank.RerankConfig(near_window=7, time_window=0.1037, follow_steps=3, attributes=True, profile=True)
+    cfg = rerank.RerankConfig(near_window=7, time_window=0.1037, follow_steps=3, fill_steps=2, attributes=True,
+                              profile=True)
     groups, weights = groups_for(ds, tmp_path, "v"), {"a": 2.0, "b": 0.5}
     c = rerank.build_candidates(groups, ds, N, cfg, weights)
     want = slow_features(ds, groups, cfg, weights)
-    assert {"blend", "first_gap", "pop_in_span", "follow_recent", "genre_share", "year_recent", "pop_gap"} <= set(c.names)
+    assert {"blend", "first_gap", "pop_in_span", "follow_recent", "genre_share", "year_recent", "pop_gap",
+            "fill_max", "fill_mean"} <= set(c.names)
+    assert c.X[:, c.names.index("fill_max")].max() > 0
     assert {-1.0, 0.0} <= set(c.X[:, c.names.index("genre_share")].tolist())  # items without a genre, and unmatched
     assert len(c.users) == len(want) and np.all(np.diff(c.users) >= 0)
     for p, (u, i) in enumerate(zip(c.users.tolist(), c.items.tolist())):
         for f, name in enumerate(c.names):
             assert c.X[p, f] == pytest.approx(want[(u, i)][name], rel=1e-4, abs=1e-5), (u, i, name)
+
+
+def test_fill_features_do_not_depend_on_the_chunk_size(split):
+    ds = Dataset(split, "valid")
+    pu = np.repeat(np.arange(ds.n_users), 4)
+    pi = (np.arange(len(pu)) * 7) % ds.n_items + 1
+    whole, names = rerank.fill_features(ds, pu, pi, 2)
+    chunked, _ = rerank.fill_features(ds, pu, pi, 2, budget=5)  # chunks smaller than one user's history
+    assert names == ["fill_max", "fill_mean"]
+    np.testing.assert_allclose(whole, chunked, rtol=1e-6)
+
+
+def test_depth_reads_each_members_top_candidates_alone(split, tmp_path):
+    ds = Dataset(split, "valid")
+    groups = groups_for(ds, tmp_path, "v")
+    full = rerank.build_candidates(groups, ds, N, rerank.RerankConfig())
+    top = rerank.build_candidates(groups, ds, N, rerank.RerankConfig(depth=2))
+    ranks = [full.names.index(f"{m}_rank") for m in ("a", "b")]
+    keep = (full.X[:, ranks] <= 2).any(1)  # the pairs some member lists in its top 2
+    np.testing.assert_array_equal(top.users, full.users[keep])
+    np.testing.assert_array_equal(top.items, full.items[keep])
+    r = top.X[:, ranks]
+    assert set(np.unique(r).tolist()) <= {1.0, 2.0, 3.0} and (r == 3.0).any()  # 3 = not in the member's top 2
+    assert len(top.users) < len(full.users)
+
+
+def test_relative_features_by_hand():
+    pu = np.array([0, 0, 0, 1, 1])
+    X = np.array([[1.0, 5.0], [3.0, 5.0], [3.0, 4.0], [2.0, 0.0], [7.0, 0.0]], dtype=np.float32)
+    R, names = rerank.relative_features(pu, X, ["blend", "user_len"], cut=2)
+    assert names == ["blend_urank", "blend_gap"]  # user_len is not a relative feature
+    # user 0: values 1, 3, 3 -> ranks 3, 1, 1 (ties share the best); the 2nd highest is 3
+    # user 1: values 2, 7 -> ranks 2, 1; the 2nd highest is 2
+    np.testing.assert_array_equal(R[:, 0], [3, 1, 1, 2, 1])
+    np.testing.assert_array_equal(R[:, 1], [-2, 0, 0, 0, 5])
+    R, _ = rerank.relative_features(pu, X, ["blend", "user_len"], cut=10)  # fewer candidates: the lowest
+    np.testing.assert_array_equal(R[:, 1], [0, 2, 2, 0, 5])
+
+
+def test_relative_features_match_a_slow_reference(split, tmp_path):
+    ds = Dataset(split, "valid")
+    cfg = rerank.RerankConfig(near_window=7, time_window=0.1037, follow_steps=3, relative=True)
+    groups, weights = groups_for(ds, tmp_path, "v"), {"a": 2.0, "b": 0.5}
+    c = rerank.build_candidates(groups, ds, N, cfg, weights)
+    plain = rerank.build_candidates(groups, ds, N, replace(cfg, relative=False), weights)
+    F = len(plain.names)
+    assert c.names[:F] == plain.names
+    np.testing.assert_array_equal(c.X[:, :F], plain.X)
+    bases = [n for n in plain.names if n in rerank.RELATIVE_OF or n.endswith("_z")]
+    assert {"blend", "a_z", "b_z", "follow_recent", "pop_at_last"} <= set(bases)
+    assert c.names[F:] == [f"{b}_{what}" for b in bases for what in ("urank", "gap")]
+    for b in bases:
+        x = plain.X[:, plain.names.index(b)].tolist()
+        for p, u in enumerate(c.users.tolist()):
+            mine = sorted((x[q] for q in range(len(x)) if c.users[q] == u), reverse=True)
+            assert c.X[p, c.names.index(f"{b}_urank")] == 1 + sum(v > x[p] for v in mine), (p, b)
+            cut = mine[min(rerank.RELATIVE_CUT, len(mine)) - 1]
+            assert c.X[p, c.names.index(f"{b}_gap")] == pytest.approx(x[p] - cut, abs=1e-6), (p, b)
 
 
 def test_attribute_features_do_not_depend_on_the_chunk_size(split):
