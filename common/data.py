@@ -75,6 +75,13 @@ def row_owners(indptr: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
 
 
+def row_positions(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The flat positions of `rows` of a CSR layout, row after row, and each row's length."""
+    count = indptr[rows + 1] - indptr[rows]
+    start = np.cumsum(count) - count  # where each row begins in the output
+    return np.arange(int(count.sum())) - np.repeat(start - indptr[rows], count), count
+
+
 def owner_of(indptr: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """The group that each flat position belongs to."""
     return np.searchsorted(indptr, positions, side="right") - 1

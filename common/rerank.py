@@ -50,6 +50,7 @@ same side), and scored on the first carve's answers alone.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,7 @@ from threadpoolctl import threadpool_limits
 
 from common.blend import blend_top_k, contribution_matrix, load_inputs
 from common.config import setting
-from common.data import MAX_CARVES, Dataset, pad_rows, row_owners
+from common.data import MAX_CARVES, Dataset, pad_rows, row_owners, row_positions
 from common.metrics import all_metrics
 
 RECENT_ITEMS = 5  # history items averaged in recent_cos
@@ -242,20 +243,16 @@ def fill_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, steps: int, budge
     """[P, 2]: fill_max, fill_mean of each pair. Pairs go in chunks of at most `budget` (pair, history item)
     cells, each gathered flat and reduced per pair."""
     C = closeness_matrix(ds, steps)
-    lengths = np.diff(ds.indptr)[pu]
+    cum = np.cumsum(np.diff(ds.indptr)[pu])
+    cuts = np.searchsorted(cum, np.arange(budget, cum[-1] if len(cum) else 0, budget), side="right")
     out = np.zeros((len(pu), 2), dtype=np.float32)
-    cum = np.cumsum(lengths)
-    cuts = np.searchsorted(cum, np.arange(budget, int(cum[-1]) if len(cum) else 0, budget), side="right")
-    edges = np.unique(np.concatenate([[0], cuts, [len(pu)]]))
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        n = lengths[lo:hi]
-        offsets = np.cumsum(n) - n  # [c] the first cell of each pair
-        cells = np.arange(int(n.sum())) - np.repeat(offsets, n)  # the position within the user's history
-        v = C[ds.items[np.repeat(ds.indptr[pu[lo:hi]], n) + cells], np.repeat(pi[lo:hi], n)]
+    for lo, hi in itertools.pairwise(np.unique(np.r_[0, cuts, len(pu)])):
+        flat, n = row_positions(ds.indptr, pu[lo:hi])  # the pairs' users' histories, one after another
         has = n > 0
         if has.any():
-            out[lo:hi][has, 0] = np.maximum.reduceat(v, offsets[has])
-            out[lo:hi][has, 1] = np.add.reduceat(v, offsets[has]) / n[has]
+            v = C[ds.items[flat], np.repeat(pi[lo:hi], n)]
+            starts = (np.cumsum(n) - n)[has]
+            out[lo:hi][has] = np.stack([np.maximum.reduceat(v, starts), np.add.reduceat(v, starts) / n[has]], axis=1)
     return out, ["fill_max", "fill_mean"]
 
 
@@ -295,9 +292,9 @@ def attribute_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, chunk: int =
         row, col = np.nonzero(hist)
         R = sp.csr_matrix((np.ones(len(row), np.float32), (row, hist[row, col])), shape=(len(users), V))
         recent = (R @ I).toarray() / np.maximum((hist > 0).sum(1), 1)[:, None]
-        count = I.indptr[i + 1] - I.indptr[i]  # the candidates' attributes, one entry each
+        flat, count = row_positions(I.indptr, i)  # the candidates' attributes, one entry each
         pair = np.repeat(np.arange(len(i)), count)
-        attr = I.indices[np.arange(len(pair)) - np.repeat(np.cumsum(count) - count, count) + np.repeat(I.indptr[i], count)]
+        attr = I.indices[flat]
         cell = pair * len(kinds) + kind_of[attr]
         has = n_kind[i].ravel()
         for j, profile in enumerate((whole, recent)):
@@ -317,8 +314,8 @@ def relative_features(pu: np.ndarray, X: np.ndarray, names: list[str], cut: int 
     for r, j in enumerate(cols):
         x = X[:, j].astype(np.float64)
         order = np.lexsort((-x, pu))  # the users keep their blocks: start and end hold for the sorted pairs too
-        xs, us = x[order], pu[order]
-        new = np.r_[True, (us[1:] != us[:-1]) | (xs[1:] != xs[:-1])]
+        xs = x[order]  # pu[order] is pu itself
+        new = np.r_[True, (pu[1:] != pu[:-1]) | (xs[1:] != xs[:-1])]
         first_equal = np.maximum.accumulate(np.where(new, position, 0))
         out[order, 2 * r] = first_equal - start + 1
         out[order, 2 * r + 1] = xs - xs[np.minimum(start + cut - 1, end - 1)]

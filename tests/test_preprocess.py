@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.data import Dataset, _draw_earlier, build_dataset, dense_ids, order_and_dedupe, split_holdout
+from common.data import Dataset, _draw_earlier, build_dataset, dense_ids, order_and_dedupe, row_positions, split_holdout
 from common.io import InputError, atomic_path, write_npz
 from common.metrics import recall_at_k
 from common.readers import RawData, int_column, read_raw, time_column
@@ -826,3 +826,10 @@ def test_failed_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         write_npz(tmp_path / "x.npz", a=np.arange(3))
     assert leftover_tmp_files(tmp_path) == []
+
+
+def test_row_positions_by_hand():
+    indptr = np.array([0, 2, 2, 5])  # rows of 2, 0 and 3 entries
+    flat, count = row_positions(indptr, np.array([2, 1, 0, 2]))
+    assert count.tolist() == [3, 0, 2, 3]
+    assert flat.tolist() == [2, 3, 4, 0, 1, 2, 3, 4]
