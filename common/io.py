@@ -5,8 +5,10 @@ import hashlib
 import io
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,6 +146,23 @@ class Interrupted(KeyboardInterrupt):
 
 
 INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by SIGINT
+
+
+@contextmanager
+def deferred_interrupt():
+    """Hold a Ctrl-C that arrives inside the block until the block has finished, then raise it: work that must
+    end together (a checkpoint and the note of what it holds) is never cut between its parts."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def run_main(main) -> None:

@@ -44,7 +44,7 @@ from common.config import setting
 from common.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from common.data import Dataset
 from common.distributed import World, data_parallel, from_main, mean_over_ranks, rank_stream, shard, shardable
-from common.io import InputError, Interrupted, append_jsonl, keep_epochs_before
+from common.io import InputError, Interrupted, append_jsonl, deferred_interrupt, keep_epochs_before
 from common.utils import check_finite, optimizer_step
 
 GPU_CHECK_EVERY = 100  # steps between loss checks on CUDA, where reading the loss waits for the GPU
@@ -172,7 +172,7 @@ class Trainer:
 
         print(f"{task.describe()}, device {self.device}" + (", bf16 autocast" if amp else "")
               + (f", {w.size} processes" if w.distributed else ""))
-        epoch = start_epoch
+        resume_at = start_epoch  # the epoch a --resume would start from: the one after last.pt's
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.time()
@@ -225,13 +225,15 @@ class Trainer:
                 print(format_record(record))
                 if improved:
                     save(best_path, epoch, best if scored else None, record)
-                save(last_path, epoch, best, record)
+                with deferred_interrupt():  # last.pt and the epoch the message names change together
+                    save(last_path, epoch, best, record)
+                    resume_at = epoch + 1
                 if scored and bad_epochs >= cfg.patience:
                     gain = f" by more than {cfg.min_delta:g}" if cfg.min_delta else ""
                     print(f"no better recall@{cfg.k}{gain} for {cfg.patience} epochs: stopping")
                     break
         except KeyboardInterrupt:
             saved = "continue with --resume" if last_path.exists() else "no epoch had finished; run it again"
-            raise Interrupted(f"interrupted at epoch {epoch}; {saved}") from None
+            raise Interrupted(f"interrupted at epoch {resume_at}; {saved}") from None
         if scored:
             print(f"best recall@{cfg.k} ({ds.answers_label} answers) {best:.4f} at epoch {best_epoch}")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch.nn as nn
 from common.checkpoint import CHECKPOINT_VERSION, check_resumable, load_checkpoint
 from common.config import config_from_dict, flat_dict, from_flat, parse_config, save_config
 from common.data import Dataset, build_dataset
-from common.io import InputError
+from common.io import InputError, Interrupted, deferred_interrupt
 from common.readers import RawData
 from common.trainer import Lazy, Trainer, TrainerConfig
 from common.training import TrainConfig, train_config
@@ -127,6 +129,41 @@ def test_resume_is_exact(ds, tmp_path):
     assert torch.equal(straight.module.weight, resumed.module.weight)
     a, b = (load_checkpoint(tmp_path / x / "checkpoint.pt")["state_dict"] for x in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a), "the moving average resumes too"
+
+
+class CtrlCToyTask(ToyTask):
+    """Sends itself Ctrl-C from inside its `at`-th checkpoint() call (each epoch calls it for checkpoint.pt, then
+    for last.pt)."""
+    at = 0
+
+    def __init__(self, rng, scores=None):
+        super().__init__(rng, scores)
+        self.calls = 0
+
+    def checkpoint(self, kept):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().checkpoint(kept)
+
+
+def test_deferred_interrupt_finishes_its_block_then_raises():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("after the signal")
+    assert done == ["after the signal"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("at, resume_at", [(3, 1), (4, 2)])  # inside epoch 1's checkpoint.pt, its last.pt
+def test_ctrl_c_names_the_epoch_that_resume_starts_from(ds, tmp_path, at, resume_at):
+    task = type("T", (CtrlCToyTask,), {"at": at})
+    with pytest.raises(Interrupted, match=f"interrupted at epoch {resume_at}; continue with --resume"):
+        fit_toy(task, ds, tmp_path / "run", epochs=5)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == resume_at - 1
+    _, metrics = fit_toy(ToyTask, ds, tmp_path / "run", epochs=5, resume=True)
+    assert [m["epoch"] for m in metrics] == [0, 1, 2, 3, 4]
 
 
 def test_resume_refuses_another_stage_version_or_data(ds, tmp_path):
