@@ -4,7 +4,7 @@
      and <name>-full (everything, no hold-out)
   2. tune on the validation answers: every member's grid and best epoch, then the blend weights (with
      blend = "rerank" and `carves` > 1, the members are also fitted at their chosen settings on each extra
-     validation carve, whose answers the reranker learns from as well)
+     validation carve, and each shifted carve, whose answers the reranker learns from as well)
   3. refit each member at its chosen settings on the split's training part and score it, and the blend,
      on the test answers, which no step chose on
   4. refit on the full data and blend into submissions/<name>-final.csv
@@ -86,8 +86,9 @@ def main():
     base = ["01_preprocess.py", "--input", str(src), "--format", cfg.format]
     reranked = recipe.blend == "rerank"
     carves = recipe.rerank.carves if reranked else 1
+    shifted = recipe.rerank.shifted_carves if reranked else 0
     runner.child("preprocess split", [*base, "--out", split_root, "--name", split_root.name, *holdout,
-                                      "--validation", "--carves", str(carves)],
+                                      "--validation", "--carves", str(carves), "--shifted-carves", str(shifted)],
                  report_dir / "logs" / "preprocess-split.txt")
     if cfg.final:
         runner.child("preprocess full", [*base, "--out", full_root, "--name", full_root.name, "--no-holdout"],
@@ -105,17 +106,20 @@ def main():
     print(f"  weights {json.dumps(weights)}: validation recall@{k} {valid_blend[f'recall@{k}']:.4f}")
     rr, carve_sets, carve_runs = {}, [], []
     if reranked:
-        for j in range(2, carves + 1):  # the members again, at their chosen settings, on each extra carve
+        for j in range(2, carves + shifted + 1):  # the members again, at their chosen settings, on each extra carve
             carve_ds = Dataset(split_root, f"valid{j}")
-            print(f"  carve {j} of {carves}: fit every member on {carve_ds.answers_label}")
+            print(f"  carve {j} of {carves + shifted}{' (shifted)' if j > carves else ''}: fit every member on "
+                  f"{carve_ds.answers_label}")
             carve_runs.append({m.name: [runner.fit(split_root, carve_ds.fingerprint, f"carve{j}", m, r["seed"],
                                                    refit_flags(recipe, tuned[m.name], r), carve_ds.split)
                                         for r in tune_runs[m.name]] for m in recipe.members})
             carve_sets.append((rerank_candidates(recipe, carve_runs[-1], carve_ds, weights), carve_ds))
         t_rr = time.time()
         valid_c = rerank_candidates(recipe, tune_runs, valid_ds, weights)
-        rr["valid"], rr["importance"] = rerank.cross_fit(valid_c, valid_ds, recipe.rerank, k, extra=carve_sets)
-        rr["valid_seconds"], rr["carves"] = round(time.time() - t_rr, 1), carves
+        rr["valid"], rr["importance"] = rerank.cross_fit(valid_c, valid_ds, recipe.rerank, k,
+                                                         extra=carve_sets[:carves - 1],
+                                                         learn_only=carve_sets[carves - 1:])
+        rr["valid_seconds"], rr["carves"], rr["shifted_carves"] = round(time.time() - t_rr, 1), carves, shifted
         rr["features"], rr["valid_pairs"] = valid_c.names, len(valid_c.users)
         print(f"  reranker over {len(valid_c.users):,} candidate pairs, cross-fitted on two halves of the "
               f"validation users: recall@{k} {rr['valid'][f'recall@{k}']:.4f} (linear blend "

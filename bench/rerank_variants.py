@@ -3,8 +3,9 @@
     .venv/bin/python bench/submission.py --dataset ml --seeds 3 4 --recipe recipes/rerank.toml --threads 1
     .venv/bin/python bench/rerank_variants.py --seeds 3 4 --recipe rerank
 
-A variant that learns from `carves` validation carves needs a run whose recipe fitted the members on at
-least that many (its `[rerank] carves`); the others are skipped with a note. Beside the cross-fitted score
+A variant that learns from `carves` validation carves (and `shifted_carves` shifted ones) needs a run whose
+recipe fitted the members on at least that many (its `[rerank] carves` and `shifted_carves`); the others are
+skipped with a note. Beside the cross-fitted score
 on the validation answers it prints the mean over every carve the run fitted (each half of the users scored
 by the model that learned from the other half): the same answers whatever a variant learns from.
 
@@ -68,6 +69,12 @@ VARIANTS = {  # name: (settings, with the linear blend's value as a feature)
     "small+blend+time0.02+follow10 carves3": (replace(SMALL, time_window=0.02, follow_steps=10, carves=3), True),
     "small+blend carves4": (replace(SMALL, carves=4), True),
     "small+blend+time0.02+follow5 carves4": (replace(SMALL, time_window=0.02, follow_steps=5, carves=4), True),
+    "small+blend+time0.05+follow5 carves3 shifted1": (replace(SMALL, time_window=0.05, follow_steps=5, carves=3,
+                                                              shifted_carves=1), True),
+    "small+blend+time0.05+follow5 carves3 shifted2": (replace(SMALL, time_window=0.05, follow_steps=5, carves=3,
+                                                              shifted_carves=2), True),
+    "small+blend+time0.05+follow5 carves1 shifted2": (replace(SMALL, time_window=0.05, follow_steps=5, carves=1,
+                                                              shifted_carves=2), True),
 }
 
 
@@ -93,25 +100,33 @@ def main():
         valid, test = Dataset(root, "valid"), Dataset(root, "test")
         weights = rep["blend"]["weights"]
         fitted = 1 + len(rep["members"][0]["seeds_detail"][0]["runs"].get("carves", []))
-        held = valid.meta.get("carves", 1)  # the folder may have been preprocessed again with fewer carves
-        if held < fitted:
-            print(f"split {seed}: {root} now holds {held} carve(s) of the {fitted} the run fitted; using {held}")
-            fitted = held
+        shifted = rep["rerank"]["config"].get("shifted_carves", 0)  # the last `shifted` of those fitted
+        held, held_shifted = valid.meta.get("carves", 1), valid.meta.get("shifted_carves", 0)
+        # the folder may have been preprocessed again with other carves: a random carve j is the same file
+        # whatever the count, a shifted one only after the same number of random ones
+        plain = min(held - held_shifted, fitted - shifted)
+        later = min(held_shifted, shifted) if held - held_shifted == fitted - shifted else 0
+        if (plain, later) != (fitted - shifted, shifted):
+            print(f"split {seed}: {root} holds {held} carve(s) ({held_shifted} shifted) and the run fitted {fitted} "
+                  f"({shifted} shifted); using {plain} and {later} shifted")
         for name in args.variants:
             cfg, blend = VARIANTS[name]
-            if cfg.carves > fitted:
-                print(f"split {seed}: {name} skipped: it needs {cfg.carves} carves, {fitted} are usable")
+            if cfg.carves > plain or cfg.shifted_carves > later:
+                print(f"split {seed}: {name} skipped: it needs {cfg.carves} carves and {cfg.shifted_carves} shifted, "
+                      f"{plain} and {later} are usable")
                 continue
             w = weights if blend else None
             cv = rerank.build_candidates(groups(rep, "tune", root), valid, 100, cfg, w)
             ct = rerank.build_candidates(groups(rep, "test", root), test, 100, cfg, w)
-            carves = []  # every carve the run fitted; the variant learns from its first cfg.carves - 1
-            for j in range(2, fitted + 1):
+
+            def carve_set(j: int):
                 carve = Dataset(root, f"valid{j}")
-                carves.append((rerank.build_candidates(groups(rep, "carves", root, j), carve, 100, cfg, w), carve))
-            extra, scored = carves[:cfg.carves - 1], carves[cfg.carves - 1:]
-            users, top = rerank.learn_and_order([(cv, valid), *extra], ct, test, cfg, 10)
-            cross = rerank.cross_fit(cv, valid, cfg, 10, 0, extra, scored)[0]
+                return rerank.build_candidates(groups(rep, "carves", root, j), carve, 100, cfg, w), carve
+            randoms = [carve_set(j) for j in range(2, plain + 1)]  # the variant learns from its first cfg.carves - 1
+            extra, scored = randoms[:cfg.carves - 1], randoms[cfg.carves - 1:]
+            learn_only = [carve_set(fitted - shifted + m) for m in range(1, cfg.shifted_carves + 1)]
+            users, top = rerank.learn_and_order([(cv, valid), *extra, *learn_only], ct, test, cfg, 10)
+            cross = rerank.cross_fit(cv, valid, cfg, 10, 0, extra, scored, learn_only)[0]
             report("rerank_variants", {"split": seed, "variant": name,
                                        "valid_cross_fitted": round(cross["recall@10"], 4),
                                        "valid_all_carves": round(cross.get("recall@10, all carves", cross["recall@10"]), 4),

@@ -31,6 +31,11 @@ Rules:
     seed (the latest ones are the same), written to validJ.npz. A Dataset opened with split="validJ" trains on
     the training part without those answers. They give a learned second stage more users' worth of answers
     to learn from; nothing is chosen on them.
+  * Shifted carves (`shifted` = M > 0, per-user hold-outs only): M more carves after those, carve m of them
+    (m = 1..M) set as the data stood `last`·m interactions earlier: each user long enough for it loses its
+    latest `last`·m training rows (validJ.npz's `hidden` positions: neither trained on nor answers), then the
+    same procedure carves answers from what is left. Their latest answers are new ones, not the validation
+    carve's again.
   * meta.json's fingerprint is a hash of the arrays; a Dataset refuses files that do not match it. Extra
     carves have fingerprints of their own (the base one stays that of the test and validation views).
   * A user with a single interaction is kept: it gets recommendations, but gives no training pair.
@@ -54,7 +59,7 @@ from common.readers import RawData
 PAD = 0  # the padding item id: dense item ids are 1..n_items
 
 FORMAT_VERSION = 3  # 3: sequences.npz holds the timestamps
-MAX_CARVES = 4  # validation carves a data set can hold: valid, valid2, ..., valid4
+MAX_CARVES = 6  # validation carves a data set can hold, shifted ones included: valid, valid2, ..., valid6
 SPLITS = ("test", "valid", *(f"valid{j}" for j in range(2, MAX_CARVES + 1)))  # answers a Dataset view scores against
 FINGERPRINT_FILES = ("maps.npz", "sequences.npz", "holdout.npz", "valid.npz")
 MIN_TRAIN_LEFT = 3  # a held-out user keeps at least this many training interactions
@@ -182,6 +187,14 @@ def split_holdout(indptr: np.ndarray, last: int, n_random: int, seed, times: np.
     return is_last | _draw_earlier(indptr, eligible & ~is_last, n_random, seed)
 
 
+def latest_rows(indptr: np.ndarray, n: int, min_length: int) -> np.ndarray:
+    """Boolean mask over the flat sorted rows: the latest `n` rows of each user with at least `min_length`."""
+    lengths = np.diff(indptr)
+    user = row_owners(indptr)
+    pos = np.arange(int(indptr[-1])) - indptr[user]
+    return (lengths[user] >= min_length) & (pos >= lengths[user] - n)
+
+
 def carve_file(split: str) -> str:
     """The answers file of a validation view ("valid" -> valid.npz, "valid2" -> valid2.npz)."""
     return f"{split}.npz"
@@ -262,15 +275,18 @@ def _write_answers(path: Path, user_raw: np.ndarray, item_raw: np.ndarray, users
 
 def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random: int = 5,
                   seed: int = 0, holdout: bool = True, name: str = "", validation: bool = False,
-                  cutoff: float = 0.0, extra: dict[str, str] | None = None, carves: int = 1) -> BuildSummary:
+                  cutoff: float = 0.0, extra: dict[str, str] | None = None, carves: int = 1,
+                  shifted: int = 0) -> BuildSummary:
     """Turn raw interactions into the artifacts listed in the module docstring (plus the text files
     `extra`, {name: text}), built in a folder beside `out` and swapped in whole (see `swap_in`).
 
     With `validation` the same hold-out procedure runs again on the training part (see the module docstring),
-    `carves` times with different draws.
+    `carves` times with different draws, then `shifted` times on the data as it stood one hold-out earlier each.
     """
-    if not 1 <= carves <= MAX_CARVES:
-        raise InputError(f"carves {carves}: must be between 1 and {MAX_CARVES}")
+    if not 1 <= carves + shifted <= MAX_CARVES or carves < 1 or shifted < 0:
+        raise InputError(f"carves {carves} + shifted {shifted}: must be at least 1 + 0 and at most {MAX_CARVES}")
+    if shifted and (cutoff or holdout_last == 0):
+        raise InputError("shifted carves need a per-user hold-out of the latest items (holdout_last > 0, no cutoff)")
     if len(raw.users) == 0:
         raise InputError(f"{raw.source}: no interactions")
     user_raw, user_dense = dense_ids(raw.users)
@@ -304,11 +320,18 @@ def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random
         write_npz(out / "valid.npz", indptr=va_indptr, items=tr_items[valid], positions=np.flatnonzero(valid))
         fingerprint = dataset_fingerprint(out)
         carve_prints = {}
-        for j in range(2, carves + 1) if holdout and validation else ():
-            split = f"valid{j}"
-            mask = split_holdout(tr_indptr, holdout_last, holdout_random, [seed, j], tr_times, cutoff)
+        for j in range(2, carves + shifted + 1) if holdout and validation else ():
+            split, shift = f"valid{j}", holdout_last * max(j - carves, 0)
+            long_enough = shift + holdout_last + holdout_random + MIN_TRAIN_LEFT
+            hidden = latest_rows(tr_indptr, shift, long_enough)
+            shifted_user = np.diff(tr_indptr)[tr_users] >= long_enough  # [n_train] a shifted carve answers these alone
+            kept = np.flatnonzero(~hidden & (shifted_user if shift else True))  # the rows answers are drawn from
+            k_indptr = csr_offsets(np.bincount(tr_users[kept], minlength=n_users))
+            mask = np.zeros(len(tr_items), dtype=bool)
+            mask[kept[split_holdout(k_indptr, holdout_last, holdout_random, [seed, j], tr_times[kept], cutoff)]] = True
             write_npz(out / carve_file(split), indptr=csr_offsets(np.bincount(tr_users[mask], minlength=n_users)),
-                      items=tr_items[mask], positions=np.flatnonzero(mask))
+                      items=tr_items[mask], positions=np.flatnonzero(mask),
+                      **({"hidden": np.flatnonzero(hidden)} if shift else {}))  # unshifted files stay as they were
             _write_answers(out / f"{split}_answers.csv", user_raw, item_raw, tr_users[mask], tr_items[mask])
             carve_prints[split] = dataset_fingerprint(out, files=(carve_file(split),), base=fingerprint)
         write_npz(out / "attributes.npz", indptr=a_indptr, ids=a_ids)
@@ -326,7 +349,8 @@ def build_dataset(raw: RawData, out: Path, holdout_last: int = 5, holdout_random
         write_json(out / "meta.json", {
             "format_version": FORMAT_VERSION, "dataset": name, "source": raw.source,
             "holdout": shape if holdout else None, "validation": bool(holdout and validation),
-            "carves": 1 + len(carve_prints), "carve_fingerprints": carve_prints,
+            "carves": 1 + len(carve_prints), "shifted_carves": shifted if carve_prints else 0,
+            "carve_fingerprints": carve_prints,
             "fingerprint": fingerprint, **summary.__dict__})
         for file, text in (extra or {}).items():
             (out / file).write_text(text)
@@ -403,6 +427,7 @@ class Dataset:
             answers = loaded[carve_file(split)]
             keep = np.ones(len(self.items), dtype=bool)
             keep[answers["positions"]] = False
+            keep[answers.get("hidden", [])] = False  # a shifted carve's later rows
             owner = row_owners(self.indptr)
             self.indptr = csr_offsets(np.bincount(owner[keep], minlength=len(self.user_raw)))
             self.items, self.times = self.items[keep], self.times[keep]

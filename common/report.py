@@ -8,9 +8,10 @@ from common.io import atomic_path, atomic_write_text, write_json
 
 
 
-def _carves(n: int) -> str:
+def _carves(n: int, shifted: int = 0) -> str:
     """How many draws of the validation answers the reranker learned from, as the report says it."""
-    return f" ({n} draws of them, the members fitted on each)" if n > 1 else ""
+    more = f", and {shifted} carved one hold-out earlier each" if shifted else ""
+    return f" ({n} draws of them{more}, the members fitted on each)" if n > 1 or shifted else ""
 
 def plot_member(path: Path, member: dict, k: int) -> None:
     """Validation Recall@k per epoch of every tune run of a trained member (best epochs marked), or per
@@ -70,7 +71,7 @@ def markdown(report: dict) -> str:
         lines += [f"| **reranker** (the submitted order) | | **{_fmt(rr['valid'].get(r))}** (cross-fitted) | "
                   f"**{_fmt(rr['test'].get(r))}** | **{_fmt(rr['test'].get(nd))}** |", "",
                   f"The reranker ({len(rr['features'])} features, {rr['valid_pairs']:,} validation candidate pairs) "
-                  f"learned on validation answers{_carves(rr.get('carves', 1))} to order the test candidates; its "
+                  f"learned on validation answers{_carves(rr.get('carves', 1), rr.get('shifted_carves', 0))} to order the test candidates; its "
                   "validation score is cross-fitted "
                   f"over two halves of the users. Permutation importance (drop in validation Recall@{k} when the "
                   "feature is shuffled):", "", "| feature | drop |", "| --- | --- |"]

@@ -44,7 +44,8 @@ Labels are the answers of the data the candidates were made on: validation answe
 scores the test candidates, test answers (and the validation ones) for the model that scores the final
 candidates. With `carves` > 1 the members are also fitted on each extra validation carve (other random
 draws of the validation answers, common/data.py), and the classifier learns from those candidates too: more
-users' worth of answers. A classifier (scikit-learn's HistGradientBoostingClassifier) orders each user's
+users' worth of answers. With `shifted_carves` > 0 it also learns from carves of the data as it stood one
+hold-out earlier (new latest answers); those are left out of the all-carves score. A classifier (scikit-learn's HistGradientBoostingClassifier) orders each user's
 candidates; its validation score is cross-fitted over two halves of the users (every carve of a user on the
 same side), and scored on the first carve's answers alone.
 """
@@ -94,7 +95,13 @@ class RerankConfig:
     relative: bool = setting(False)  # the per-user relative features (<feature>_urank, <feature>_gap)
     depth: int = setting(0, ge=0)  # read each member's top `depth` candidates alone (0: all the recipe's)
     carves: int = setting(1, ge=1, le=MAX_CARVES)  # validation carves to learn from (1: the validation answers)
+    # further carves to learn from, each from the data as it stood one hold-out's latest items earlier
+    # (common/data.py): new latest answers, where the random carves repeat the validation carve's
+    shifted_carves: int = setting(0, ge=0, le=MAX_CARVES - 1)
     seed: int = setting(0, ge=0)
+
+    RULES = ((lambda c: c.carves + c.shifted_carves <= MAX_CARVES,
+              f"[rerank] carves + shifted_carves is at most {MAX_CARVES}, got {{c.carves}} + {{c.shifted_carves}}"),)
 
 
 @dataclass
@@ -433,7 +440,8 @@ def score(top: np.ndarray, users: np.ndarray, ds: Dataset, k: int) -> dict:
 def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
               importance_users: int = IMPORTANCE_USERS,
               extra: list[tuple[Candidates, Dataset]] = (),
-              score_only: list[tuple[Candidates, Dataset]] = ()) -> tuple[dict, list[dict]]:
+              score_only: list[tuple[Candidates, Dataset]] = (),
+              learn_only: list[tuple[Candidates, Dataset]] = ()) -> tuple[dict, list[dict]]:
     """Validation score of the reranker with the users split in two halves (each half scored by a model
     that learned on the other, from `ds`'s answers and those of the `extra` carves), and each feature's
     permutation importance: the drop in recall@k, over at most `importance_users` of the users (0: none),
@@ -441,11 +449,12 @@ def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
 
     With `extra` carves the same two models also score each carve's held-out half, and the mean recall@k
     over all carves (the first included, and the `score_only` ones, which are not learned from) comes back
-    as "recall@k, all carves": more answers, less noise, and the same answers for any number learned from."""
+    as "recall@k, all carves": more answers, less noise, and the same answers for any number learned from.
+    The `learn_only` carves (shifted ones) are learned from, and left out of that mean."""
     users = ds.eval_users()
     rng = np.random.default_rng(cfg.seed)
     half = rng.permutation(len(users)) % 2
-    learn, learn_y, learn_rows = stack([(c, ds), *extra])
+    learn, learn_y, learn_rows = stack([(c, ds), *extra, *learn_only])
     sets = [(c, ds), *extra, *score_only]
     values, models = [np.zeros(len(cj.users)) for cj, _ in sets], []
     for h in (0, 1):

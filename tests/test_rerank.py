@@ -353,6 +353,39 @@ def test_stack_labels_each_set_by_its_own_answers(split, tmp_path):
     assert rows.tolist() == rerank.answered_rows(cv, valid).tolist() + (len(cv.users) + rerank.answered_rows(ct, test)).tolist()
 
 
+def test_shifted_carves_are_carved_as_the_data_stood_one_holdout_earlier(tmp_path):
+    """With 3 latest + 2 random answers, shifted carve m hides each long-enough user's latest 3·m training rows
+    (neither trained on nor answered), then takes the 3 latest of what is left and 2 random earlier ones; the
+    unshifted carves stay bit for bit as they were without shifted ones."""
+    from common.data import MIN_TRAIN_LEFT
+    from common.io import InputError
+    plain, shifted = tmp_path / "plain", tmp_path / "shifted"
+    build_dataset(toy_raw(), plain, 3, 2, seed=1, validation=True, name="toy", carves=2)
+    build_dataset(toy_raw(), shifted, 3, 2, seed=1, validation=True, name="toy", carves=2, shifted=2)
+    for view in ("test", "valid", "valid2"):
+        assert Dataset(plain, view).fingerprint == Dataset(shifted, view).fingerprint
+    test = Dataset(shifted, "test")
+    seen_long = seen_short = 0
+    for m, view in ((1, "valid3"), (2, "valid4")):
+        v = Dataset(shifted, view)
+        for u in range(test.n_users):
+            train_all = test.sequence(u).tolist()
+            answers = v.ans_items[v.ans_indptr[u]:v.ans_indptr[u + 1]].tolist()
+            if len(train_all) >= 3 * m + 3 + 2 + MIN_TRAIN_LEFT:
+                seen_long += 1
+                before = train_all[:len(train_all) - 3 * m]  # the data as it stood 3·m rows earlier
+                assert len(answers) == 5 and set(before[-3:]) <= set(answers) and set(answers) <= set(before)
+                assert v.sequence(u).tolist() == [i for i in before if i not in answers]
+            else:
+                seen_short += 1
+                assert answers == [] and v.sequence(u).tolist() == train_all
+    assert seen_long and seen_short
+    with pytest.raises(InputError, match="per-user hold-out"):
+        build_dataset(toy_raw(), tmp_path / "cut", 3, 2, validation=True, cutoff=0.8, shifted=1)
+    with pytest.raises(InputError, match="at most"):
+        build_dataset(toy_raw(), tmp_path / "many", 3, 2, validation=True, carves=4, shifted=3)
+
+
 def test_cross_fit_over_carves_never_learns_from_the_users_it_scores(tmp_path, monkeypatch):
     """Each of the two models learns from one half of the users, in every carve, and scores the other half;
     with the first carve given again as the extra one, the all-carves score is the first carve's."""

@@ -194,7 +194,10 @@ def test_inference_refuses_a_run_made_on_another_split(tmp_path):
 def test_preprocess_refuses_bad_holdout_flags(tmp_path):
     for flags, frag in [(["--holdout-last", "-1"], "--holdout-last"), (["--holdout-cutoff", "1.5"], "--holdout-cutoff"),
                         (["--holdout-last", "0", "--holdout-random", "0"], "nothing to hold out"),
-                        (["--carves", "5"], "--carves"),
+                        (["--carves", "7"], "--carves"),
+                        (["--carves", "4", "--shifted-carves", "3"], "at most 6"),
+                        (["--shifted-carves", "1", "--holdout-cutoff", "0.9"], "--shifted-carves"),
+                        (["--shifted-carves", "1", "--holdout-last", "0"], "--holdout-last > 0"),
                         (["--carves", "2", "--holdout-random", "0"], "--holdout-random > 0"),
                         (["--carves", "2", "--no-validation"], "--validation")]:
         p = run_script("01_preprocess.py", "--input", ROOT / "missing", "--out", tmp_path / "x", *flags)

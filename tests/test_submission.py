@@ -226,11 +226,11 @@ def test_tune_weights_keeps_the_member_that_finds_the_answers(tmp_path):
 
 def test_the_reranker_orders_the_final_file(first):
     """blend = "rerank" with the same members: their runs are reused, the members are fitted again on a
-    second validation carve, the reranker learns on validation answers for the test score and on test
+    second validation carve and on a shifted one, the reranker learns on validation answers for the test score and on test
     answers for the final file, and the report shows both blends."""
     tmp, raw, _ = first
     recipe = RECIPE.replace("tune_rounds = 1\n", 'tune_rounds = 1\nblend = "rerank"\n')
-    (tmp / "rerank.toml").write_text(recipe + "\n[rerank]\nmax_iter = 20\nmin_samples_leaf = 5\ncarves = 2\n"
+    (tmp / "rerank.toml").write_text(recipe + "\n[rerank]\nmax_iter = 20\nmin_samples_leaf = 5\ncarves = 2\nshifted_carves = 1\n"
                                      "time_window = 0.05\nfollow_steps = 3\nattributes = true\n")
     p = run_script("06_submission.py", "--input", raw, "--recipe", tmp / "rerank.toml", "--name", "tiny",
                    "--data-dir", tmp / "data", "--out-dir", tmp / "subs-rr", "--threads", "1", timeout=600)
@@ -241,9 +241,11 @@ def test_the_reranker_orders_the_final_file(first):
     assert report["method"] == "rerank" and 0 < rr["test"]["recall@10"] <= 1 and "recall@10" in rr["valid"]
     assert "blend" in rr["features"] and {r["feature"] for r in rr["importance"]} == set(rr["features"])
     assert {"first_gap", "follow_last", "genre_share", "director_recent"} <= set(rr["features"]) and rr["carves"] == 2
-    assert "reused" in p.stdout and "carve 2 of 2" in p.stdout
-    carve_steps = [json.loads(s.read_text()) for s in (tmp / "data" / "tiny-split" / "runs").glob("*-carve2-*/step.json")]
-    assert carve_steps and {s["split"] for s in carve_steps} == {"valid2"}
+    assert rr["shifted_carves"] == 1 and "reused" in p.stdout and "carve 2 of 3:" in p.stdout
+    assert "carve 3 of 3 (shifted)" in p.stdout and Dataset(tmp / "data" / "tiny-split", "valid3").has_holdout
+    for j in (2, 3):
+        steps = [json.loads(s.read_text()) for s in (tmp / "data" / "tiny-split" / "runs").glob(f"*-carve{j}-*/step.json")]
+        assert steps and {s["split"] for s in steps} == {f"valid{j}"}
     assert "**reranker**" in (tmp / "subs-rr" / "tiny-report" / "report.md").read_text()
     final = pd.read_csv(tmp / "subs-rr" / "tiny-final.csv")
     full = Dataset(tmp / "data" / "tiny-full")
