@@ -65,8 +65,9 @@ def check_dataset_matches(ckpt: dict, ds: Dataset, where: str) -> None:
 
 
 def check_architecture(saved: dict, args, where: str, hint: str) -> None:
-    """Refuse saved model arguments whose shape differs from `args` (a SASRecArgs)."""
-    for name in ARCHITECTURE_FIELDS:
+    """Refuse saved model arguments whose shape differs from `args`: the fields its class names in
+    `ARCHITECTURE` (the encoder's ARCHITECTURE_FIELDS where it names none)."""
+    for name in getattr(type(args), "ARCHITECTURE", ARCHITECTURE_FIELDS):
         if saved.get(name) != getattr(args, name):
             raise InputError(f"{where}: saved {name}={saved.get(name)}, this model has {name}={getattr(args, name)}; "
                              f"{hint}")

@@ -51,6 +51,8 @@ class VAEArgs:
     gamma: float = setting(0.005, "recvae: KL weight per item of the user", ge=0)
     enc_passes: int = setting(3, "recvae: encoder passes per decoder pass in an epoch", ge=1)
 
+    ARCHITECTURE = ("n_items", "vae_hidden", "latent")  # what a resumed run must keep (common.checkpoint)
+
 
 def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(z; mu, exp(logvar)) per coordinate."""

@@ -15,6 +15,7 @@ from common.model import SASRecArgs
 from common.readers import RawData
 from common.recommend import build_recommender, top_k
 from common.training import fit, train_config
+from common.io import InputError
 from common.vae import ItemBag, MultVAE, RecVAE, VAEArgs, multihot, multinomial_nll
 from common.utils import to_device
 from conftest import describe, run_script
@@ -174,6 +175,22 @@ def test_autoencoders_load_a_dense_input_checkpoint():
     fresh = MultVAE(VAEArgs(n_items=7, vae_hidden=5, latent=2))
     fresh.load_state_dict(state)
     assert torch.equal(fresh.encoder.weight, model.encoder.weight)
+
+
+@pytest.mark.parametrize("model, settings", [
+    ("multvae", dict(vae_hidden=16, latent=4, batch_size=4)),
+    ("recvae", dict(vae_hidden=16, latent=4, batch_size=4)),
+    ("cloze", dict(hidden=8, heads=1, layers=1, max_len=6, history="windows")),
+])
+def test_members_resume_exactly_and_refuse_another_shape(tiny, tmp_path, model, settings):
+    straight, _ = train(tiny, tmp_path / "straight", model, 3, select="last", **settings)
+    train(tiny, tmp_path / "resumed", model, 2, select="last", **settings)
+    resumed, metrics = train(tiny, tmp_path / "resumed", model, 3, select="last", resume=True, **settings)
+    assert [m["epoch"] for m in metrics] == [0, 1, 2]
+    assert all(torch.equal(straight["state_dict"][k], v) for k, v in resumed["state_dict"].items())
+    wider = {**settings, "latent" if "latent" in settings else "hidden": 12}
+    with pytest.raises(InputError, match="resume with the same model settings"):
+        train(tiny, tmp_path / "resumed", model, 4, select="last", resume=True, **wider)
 
 
 @pytest.mark.parametrize("model, flags", [
