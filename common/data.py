@@ -159,6 +159,14 @@ def _draw_earlier(indptr: np.ndarray, candidate: np.ndarray, n_random: int, seed
     return (rank < n_random) & (keys <= 1.0)
 
 
+def latest_rows(indptr: np.ndarray, n: int, min_length: int) -> np.ndarray:
+    """Boolean mask over the flat sorted rows: the latest `n` rows of each user with at least `min_length`."""
+    lengths = np.diff(indptr)
+    user = row_owners(indptr)
+    pos = np.arange(int(indptr[-1])) - indptr[user]
+    return (lengths[user] >= min_length) & (pos >= lengths[user] - n)
+
+
 def split_holdout(indptr: np.ndarray, last: int, n_random: int, seed, times: np.ndarray | None = None,
                   cutoff: float = 0.0) -> np.ndarray:
     """Boolean mask over the flat sorted rows: True marks a held-out answer.
@@ -179,20 +187,11 @@ def split_holdout(indptr: np.ndarray, last: int, n_random: int, seed, times: np.
         eligible = (before >= n_random + MIN_TRAIN_LEFT)[user]
         is_last = eligible & after
     else:
-        pos = np.arange(n) - indptr[user]  # position within the user's sequence
         eligible = lengths[user] >= last + n_random + MIN_TRAIN_LEFT
-        is_last = eligible & (pos >= lengths[user] - last)
+        is_last = latest_rows(indptr, last, last + n_random + MIN_TRAIN_LEFT)
     if n_random == 0:
         return is_last
     return is_last | _draw_earlier(indptr, eligible & ~is_last, n_random, seed)
-
-
-def latest_rows(indptr: np.ndarray, n: int, min_length: int) -> np.ndarray:
-    """Boolean mask over the flat sorted rows: the latest `n` rows of each user with at least `min_length`."""
-    lengths = np.diff(indptr)
-    user = row_owners(indptr)
-    pos = np.arange(int(indptr[-1])) - indptr[user]
-    return (lengths[user] >= min_length) & (pos >= lengths[user] - n)
 
 
 def carve_file(split: str) -> str:
