@@ -179,7 +179,6 @@ def split_holdout(indptr: np.ndarray, last: int, n_random: int, seed, times: np.
     Other users keep everything.
     """
     lengths = np.diff(indptr)
-    n = int(indptr[-1])
     user = row_owners(indptr)  # [n]
     if cutoff:
         after = np.asarray(times) > np.quantile(times, cutoff)  # [n]
