@@ -1,10 +1,12 @@
 """Fit a model on data/<dataset>/ and write data/<dataset>/runs/<run>/{checkpoint.pt,config.json,metrics.jsonl}.
 
-Models: pop (most popular), ease (closed-form item-item, --l2, --recency, --window), sasrec (S3-Rec's fine-tuning
+Models: pop (most popular), ease (closed-form item-item, --l2, --recency, --window), transition (closed-form
+ridge regression from a user's latest items to the next ones, --context, --ahead, --ridge), sasrec (S3-Rec's fine-tuning
 model) with --loss bce (the baseline), bpr, ce (softmax over all items) or sampled (shared negatives).
 --history holdout trains on simulated hidden sets: the next items after a random cut plus randomly
 dropped earlier ones, predicted together from the rest (--holdout-last, --holdout-random).
---preset names a recipe that measured best (ease-recent, ease-seq, ease-soft, bpr-full, ce-full, holdout-ce);
+--preset names a recipe that measured best (ease-recent, ease-seq, ease-soft, transition, bpr-full, ce-full,
+holdout-ce);
 flags beside it win.
 --stage pretrain trains the encoder with S3-Rec's self-supervised objectives (AAP, MIP, MAP, SP) on the
 item-attribute table; --init-from <that run> starts fine-tuning from it.
@@ -13,7 +15,7 @@ stops early. The answers that choose are the validation answers when the dataset
 the model trains on the training part without them; --split test trains on the whole training part and
 chooses on the test answers (printed as such). --select last trains exactly --epochs and reads no answers:
 the mode for a refit with an epoch count chosen earlier. Without a hold-out, training runs a fixed --epochs.
-config.json holds the resolved settings, one group per part (sasrec, ease, objective, pretrain, trainer).
+config.json holds the resolved settings, one group per part (sasrec, ease, transition, objective, pretrain, trainer).
 Data-parallel: `torchrun --nproc_per_node N 02_train.py ...` (NCCL on GPUs, gloo on CPU; see
 common.distributed). --batch-size stays the global batch; rank 0 writes the run.
 """

@@ -7,7 +7,7 @@ Per scale: preprocessing (seconds, peak memory), EASE λ=500 (fit seconds, whole
 targets at 3x: < 5 min, < 8 GB) and one default SASRec training epoch without evaluation (--select last),
 with its training tokens per second: an epoch linear in tokens keeps that rate across scales. JSON lines go
 to bench/results/scale.jsonl. EASE refuses, before any work, a catalogue whose two dense item-item
-matrices would not fit in the free memory (common.recommend.check_ease_memory).
+matrices would not fit in the free memory (common.recommend.check_dense_memory).
 """
 from __future__ import annotations
 

@@ -80,6 +80,11 @@ def row_owners(indptr: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
 
 
+def same_row_pairs(owner: np.ndarray, k: int) -> np.ndarray:
+    """Flat positions a whose position a + k is in the same row (`owner` from row_owners): [P]."""
+    return np.flatnonzero(owner[:-k] == owner[k:])
+
+
 def row_positions(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The flat positions of `rows` of a CSR layout, row after row, and each row's length."""
     count = indptr[rows + 1] - indptr[rows]
@@ -484,6 +489,21 @@ class Dataset:
                 r = self.indptr[user + 1] - 1 - np.arange(len(self.items))  # steps back from the latest item
                 data += (recency * np.exp(-r / tau)).astype(np.float32)
             self._seen[key] = sp.csr_matrix((data, self.items, self.indptr), shape=(self.n_users, self.n_items + 1))
+        return self._seen[key]
+
+    def recent_matrix(self, window: int, tau: float):
+        """Sparse [n_users, n_items + 1] matrix of each user's latest `window` items, weighted exp(-r / tau)
+        where r is 0 for the latest item, 1 for the one before, and so on."""
+        import scipy.sparse as sp
+        key = ("recent", window, tau)
+        if key not in self._seen:
+            user = row_owners(self.indptr)
+            r = self.indptr[user + 1] - 1 - np.arange(len(self.items))  # steps back from the latest item
+            keep = r < window
+            data = np.exp(-r / tau).astype(np.float32) * keep
+            m = sp.csr_matrix((data, self.items, self.indptr), shape=(self.n_users, self.n_items + 1))
+            m.eliminate_zeros()
+            self._seen[key] = m
         return self._seen[key]
 
     def answers_padded(self, users: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ from common.data import Dataset, split_suffix
 from common.io import InputError, read_json, write_json
 from common.metrics import all_metrics
 from common.recipe import TUNE, Member, Recipe, settings_flags
+from common.registry import CLOSED_FORM
 from common.rerank import Candidates, build_candidates
 
 ROOT = Path(__file__).resolve().parents[1]  # the numbered scripts live here
@@ -129,7 +130,7 @@ class Runner:
         scores = last_json(log.read_text()[len(before):])
         config = flat_dict(read_json(run_dir / "config.json"))
         curve = read_curve(run_dir, self.recipe.k)
-        closed_form = config["model"] in ("pop", "ease")
+        closed_form = config["model"] in CLOSED_FORM
         best_epoch = None
         if not closed_form and curve and config.get("select") == "best":
             best_epoch = max(curve, key=lambda r: (r["recall"], -r["epoch"]))["epoch"]

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from common.config import setting
-from common.data import Dataset, pad_rows, row_owners
+from common.data import Dataset, pad_rows, row_owners, same_row_pairs
 from common.io import InputError
 from common.metrics import all_metrics
 from common.model import SASRec
@@ -60,7 +60,7 @@ def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0) -> torch.Tenso
     items = torch.from_numpy(ds.items - 1)  # [N], 0-based real items
     G = torch.zeros(n * n)  # flat [n, n]
     for d in range(1, min(window, int(np.diff(ds.indptr).max(initial=1)) - 1) + 1):
-        a = torch.from_numpy(np.flatnonzero(owner[:-d] == owner[d:]))  # [P] pairs d steps apart
+        a = torch.from_numpy(same_row_pairs(owner, d))  # [P] pairs d steps apart
         w = torch.full((len(a),), math.exp(-(d - 1) / tau))  # [P]
         G.index_add_(0, items[a] * n + items[a + d], w)
         G.index_add_(0, items[a + d] * n + items[a], w)
@@ -87,10 +87,10 @@ class EASEArgs:
         return {"recency": self.recency, "recency_tau": self.recency_tau}
 
 
-def ease_bytes(n_items: int) -> int:
-    """Peak memory of EASE's fit: two dense float32 item-item matrices (the Gram matrix and its factor,
-    the factor and the inverse, or the inverse and the padded copy that is saved)."""
-    return 2 * 4 * (n_items + 1) ** 2
+def ease_bytes(n_items: int, matrices: int = 2) -> int:
+    """Peak memory of `matrices` dense float32 item-item matrices; EASE's fit holds two (the Gram matrix
+    and its factor, the factor and the inverse, or the inverse and the padded copy that is saved)."""
+    return matrices * 4 * (n_items + 1) ** 2
 
 
 def free_bytes(device: torch.device) -> int:
@@ -108,11 +108,12 @@ def free_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_ease_memory(n_items: int, device: torch.device) -> None:
-    """Refuse, before any work, a catalogue whose dense EASE would not fit in the memory that is free."""
-    need, free = ease_bytes(n_items), free_bytes(device)
+def check_dense_memory(n_items: int, device: torch.device, matrices: int = 2, model: str = "--model ease") -> None:
+    """Refuse, before any work, a catalogue whose `matrices` dense item-item matrices would not fit in the
+    memory that is free."""
+    need, free = ease_bytes(n_items, matrices), free_bytes(device)
     if need > free:
-        raise InputError(f"--model ease: {n_items:,} items need two dense {n_items:,} x {n_items:,} matrices "
+        raise InputError(f"{model}: {n_items:,} items need {matrices} dense {n_items:,} x {n_items:,} matrices "
                          f"({need / 2**30:.1f} GiB), but {free / 2**30:.1f} GiB of {device.type} memory are free; "
                          "use --model multvae or sasrec (memory linear in the items), a machine or GPU with more "
                          "memory, or fewer items")
@@ -137,7 +138,7 @@ class EASERecommender:
             device: torch.device = torch.device("cpu")) -> dict:
         """B, computed on `device` (torch.linalg: a GPU inverts a large catalogue's matrix in seconds).
         At most two dense item-item matrices are alive at a time (see `ease_bytes`)."""
-        check_ease_memory(ds.n_items, device)
+        check_dense_memory(ds.n_items, device)
         G = cooccurrence(ds, window, window_tau).to(device)  # [n, n]
         G.diagonal().add_(l2)
         L, info = torch.linalg.cholesky_ex(G)
@@ -201,14 +202,26 @@ def restored(model: torch.nn.Module, ckpt: dict, device: torch.device) -> torch.
     return model.to(device)
 
 
+def fit_closed_form(model_type: str, cfg, ds: Dataset, device: torch.device):
+    """(state, model_args, recommender) of pop, or of EASE fitted with cfg.ease (its inverse on `device`)."""
+    if model_type == "pop":
+        state = PopRecommender.fit(ds)
+        return state, {}, PopRecommender(state["counts"])
+    e = cfg.ease
+    state = EASERecommender.fit(ds, **e.fit_args(), device=device)
+    return state, {**e.fit_args(), "scoring": e.scoring()}, EASERecommender(state["B"], ds, **e.scoring())
+
+
+def recommender(ckpt: dict, ds: Dataset, device: torch.device):
+    """The pop or EASE recommender of a loaded checkpoint."""
+    if ckpt["model_type"] == "pop":
+        return PopRecommender(ckpt["state_dict"]["counts"].to(device))
+    return EASERecommender(ckpt["state_dict"]["B"], ds, **ckpt["model_args"].get("scoring", {}))
+
+
 def build_recommender(ckpt: dict, ds: Dataset, device: torch.device):
     """The recommender stored in a loaded checkpoint, scoring the sequences of `ds`."""
-    kind = ckpt["model_type"]
-    if kind == "pop":
-        return PopRecommender(ckpt["state_dict"]["counts"].to(device))
-    if kind == "ease":
-        return EASERecommender(ckpt["state_dict"]["B"], ds, **ckpt["model_args"].get("scoring", {}))
-    return model_module(kind).recommender(ckpt, ds, device)
+    return model_module(ckpt["model_type"]).recommender(ckpt, ds, device)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 TrainConfig nests one dataclass per part, each declared where that part lives:
   sasrec     the model's arguments (common.model.SASRecArgs)
   ease       EASE's settings (common.recommend.EASEArgs)
+  transition the transition model's settings (common.transition.TransitionArgs)
   objective  the next-item loss and history (common.next_item.ObjectiveConfig)
   pretrain   S3-Rec's objective weights (common.pretrain.PretrainConfig)
   vae        Mult-VAE's and RecVAE's settings (common.vae.VAEArgs)
@@ -36,9 +37,10 @@ from common.io import InputError, append_jsonl
 from common.model import SASRecArgs
 from common.next_item import ObjectiveConfig
 from common.pretrain import PretrainConfig, PretrainTask
-from common.recommend import EASEArgs, EASERecommender, PopRecommender, evaluate
+from common.recommend import EASEArgs, evaluate
 from common.registry import CLOSED_FORM, MODEL_TYPES, model_module
 from common.trainer import Trainer, TrainerConfig
+from common.transition import TransitionArgs
 from common.vae import VAEArgs
 
 # Named recipes that measured best (docs/results.md); flags given beside --preset override them.
@@ -51,6 +53,8 @@ PRESETS = {
     "ease-recent": {"model": "ease", "l2": 500.0, "recency": 2.0, "recency_tau": 10.0},
     "ease-seq": {"model": "ease", "l2": 50.0, "window": 50, "window_tau": 20.0, "recency": 2.0, "recency_tau": 10.0},
     "ease-soft": {"model": "ease", "l2": 200.0, "diag_power": 0.5, "recency": 2.0, "recency_tau": 10.0},
+    "transition": {"model": "transition", "context": 50, "context_tau": 10.0, "ahead": 10, "ahead_tau": 5.0,
+                   "ridge": 1000.0},
 }
 
 
@@ -68,6 +72,7 @@ class TrainConfig:
     run_name: str = field(default="", metadata={"help": "default: <dataset>-<model>[-<loss>][-<history>]-s<seed>"})
     sasrec: SASRecArgs = field(default_factory=SASRecArgs)
     ease: EASEArgs = field(default_factory=EASEArgs)
+    transition: TransitionArgs = field(default_factory=TransitionArgs)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     vae: VAEArgs = field(default_factory=VAEArgs)
@@ -125,6 +130,9 @@ def run_name(cfg: TrainConfig, ds: Dataset) -> str:
             parts.append(f"d{e.diag_power:g}")
         if e.recency:
             parts.append(f"r{e.recency:g}t{e.recency_tau:g}")
+    if cfg.model == "transition":
+        t = cfg.transition
+        parts += [f"c{t.context}t{t.context_tau:g}", f"a{t.ahead}t{t.ahead_tau:g}", f"r{t.ridge:g}"]
     if cfg.model == "sasrec":
         parts.append(o.loss)
         if o.history != "last":
@@ -167,14 +175,9 @@ def check_config(cfg: TrainConfig, ds: Dataset) -> None:
 
 
 def fit_closed_form(cfg: TrainConfig, ds: Dataset, out: Path, device: torch.device = torch.device("cpu")) -> None:
-    """Models fitted in one step (pop, ease): fit (EASE's inverse on `device`), score once, save."""
+    """Models fitted in one step (common.registry.CLOSED_FORM): fit (dense solves on `device`), score once, save."""
     t0 = time.time()
-    if cfg.model == "pop":
-        state, args = PopRecommender.fit(ds), {}
-        rec = PopRecommender(state["counts"])
-    else:
-        state, args = EASERecommender.fit(ds, **cfg.ease.fit_args(), device=device), {**cfg.ease.fit_args(), "scoring": cfg.ease.scoring()}
-        rec = EASERecommender(state["B"], ds, **cfg.ease.scoring())
+    state, args, rec = model_module(cfg.model).fit_closed_form(cfg.model, cfg, ds, device)
     fit_seconds = time.time() - t0
     k = cfg.trainer.k
     metrics = {"answers": ds.split, **evaluate(rec, ds, k, cfg.trainer.eval_batch_size)} if ds.has_holdout else {}

@@ -170,7 +170,7 @@ def test_ease_refuses_a_catalogue_beyond_free_memory(window_ds, monkeypatch):
     need = recommend.ease_bytes(window_ds.n_items)
     assert need == 2 * 4 * (window_ds.n_items + 1) ** 2
     monkeypatch.setattr(recommend, "free_bytes", lambda device: need - 1)
-    with pytest.raises(InputError, match="two dense .* matrices .* use --model multvae or sasrec"):
+    with pytest.raises(InputError, match="ease: .* need 2 dense .* matrices .* use --model multvae or sasrec"):
         EASERecommender.fit(window_ds, 10.0)
 
 
@@ -488,6 +488,9 @@ FLAG_RUNS = {
     "preset-ease": ["--preset", "ease-recent", "--l2", "100"],
     "ease-window": ["--model", "ease", "--l2", "100", "--window", "3", "--window-tau", "2", "--diag-power", "0.5"],
     "preset-ease-seq": ["--preset", "ease-seq", "--l2", "100"],
+    "transition": ["--model", "transition", "--context", "5", "--context-tau", "2", "--ahead", "3",
+                   "--ahead-tau", "1", "--ridge", "10"],
+    "preset-transition": ["--preset", "transition", "--ridge", "10"],
     "ce": ["--loss", "ce"],
     "sampled": ["--loss", "sampled", "--negatives", "32"],
     "sampled-pop-logq": ["--loss", "sampled", "--negatives", "32", "--sampled-dist", "pop", "--logq"],
@@ -501,7 +504,7 @@ FLAG_RUNS = {
     "holdout-bpr": ["--history", "holdout", "--loss", "bpr", "--negatives", "4", "--holdout-last", "3",
                     "--holdout-random", "2"],
 }
-INFERENCE_RUNS = ("ease", "ease-recency", "ease-window", "preln-finalln-untied", "holdout-ce", "ema")
+INFERENCE_RUNS = ("ease", "ease-recency", "ease-window", "transition", "preln-finalln-untied", "holdout-ce", "ema")
 
 
 @pytest.fixture(scope="module")
@@ -528,7 +531,7 @@ def test_flag_trains_end_to_end(flag_runs, name):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert len(records) == 1 and records[0]["epoch"] == 0
     rec = records[0]
-    if name.startswith(("ease", "preset-ease")):
+    if name.startswith(("ease", "preset-ease", "transition", "preset-transition")):
         assert "recall@10" in rec and math.isfinite(rec["recall@10"]) and 0 <= rec["recall@10"] <= 1
     else:
         assert math.isfinite(rec["loss"]) and rec["loss"] > 0
@@ -538,6 +541,8 @@ def test_flag_trains_end_to_end(flag_runs, name):
         assert (cfg["model"], cfg["recency"], cfg["recency_tau"]) == ("ease", 2.0, 10.0)
     if name == "preset-ease-seq":
         assert (cfg["window"], cfg["window_tau"], cfg["recency"], cfg["l2"]) == (50, 20.0, 2.0, 100.0)
+    if name == "preset-transition":
+        assert (cfg["model"], cfg["context"], cfg["ahead"], cfg["ridge"]) == ("transition", 50, 10, 10.0)
     if name == "preset-holdout":
         assert (cfg["loss"], cfg["history"], cfg["batch_size"], cfg["pre_ln"]) == ("ce", "holdout", 128, True)
     flags = FLAG_RUNS[name]
