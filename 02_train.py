@@ -1,13 +1,13 @@
 """Fit a model on data/<dataset>/ and write data/<dataset>/runs/<run>/{checkpoint.pt,config.json,metrics.jsonl}.
 
-Models: pop (most popular), ease (closed-form item-item, --l2, --recency, --window), transition (closed-form
-ridge regression from a user's latest items to the next ones, --context, --ahead, --ridge), sasrec (S3-Rec's fine-tuning
-model) with --loss bce (the baseline), bpr, ce (softmax over all items) or sampled (shared negatives).
+Models: pop (most popular), ease (closed-form item-item, --l2, --recency, --window), transition
+(closed-form ridge regression from a user's latest items to the next ones, --context, --ahead, --ridge),
+sasrec (S3-Rec's fine-tuning model) with --loss bce (the baseline), bpr, ce (softmax over all items) or
+sampled (shared negatives).
 --history holdout trains on simulated hidden sets: the next items after a random cut plus randomly
 dropped earlier ones, predicted together from the rest (--holdout-last, --holdout-random).
---preset names a recipe that measured best (ease-recent, ease-seq, ease-soft, transition, bpr-full, ce-full,
-holdout-ce);
-flags beside it win.
+--preset names a recipe that measured best (ease-recent, ease-seq, ease-soft, transition, bpr-full,
+ce-full, holdout-ce); flags beside it win.
 --stage pretrain trains the encoder with S3-Rec's self-supervised objectives (AAP, MIP, MAP, SP) on the
 item-attribute table; --init-from <that run> starts fine-tuning from it.
 With a local hold-out every epoch is scored (Recall@10, NDCG@10), the best epoch is kept and training
