@@ -1,8 +1,9 @@
-"""The two-stage members at competition size: seconds per epoch and peak memory of Mult-VAE, RecVAE and the
-cloze model, and the seconds and memory of the reranker stage over real candidate files.
+"""The two-stage members at competition size: seconds per epoch and peak memory of the transition model,
+Mult-VAE, RecVAE and the cloze model, and the seconds and memory of the reranker stage over real candidate files.
 
     .venv/bin/python bench/members.py                 # full-scale demo (31,360 users, 6,807 items), 2 threads
     .venv/bin/python bench/members.py --epochs 3 --threads 2
+    .venv/bin/python bench/members.py --members transition --no-rerank
     .venv/bin/python bench/members.py --members --reuse-candidates   # the reranker stage alone
     .venv/bin/python bench/members.py --members --reuse-candidates --time-window 0.05 --follow-steps 5
     .venv/bin/python bench/members.py --members --reuse-candidates --time-window 0.05 --follow-steps 5 --attributes
@@ -30,6 +31,7 @@ from common import rerank  # noqa: E402
 from common.data import Dataset  # noqa: E402
 
 MEMBERS = {
+    "transition": ["--preset", "transition"],  # closed form: its one "epoch" is the fit and its scoring
     "multvae": ["--model", "multvae", "--batch-size", "500", "--anneal-steps", "2000"],  # the Beauty recipe's batch
     "recvae": ["--model", "recvae", "--batch-size", "64", "--lr", "1e-3", "--gamma", "0.01"],
     "cloze": ["--model", "cloze", "--history", "windows", "--max-len", "200", "--batch-size", "128", "--dropout-attn",
@@ -56,6 +58,7 @@ def main():
     ap.add_argument("--time-window", type=float, default=0.0, help="the reranker's time features (0: none)")
     ap.add_argument("--follow-steps", type=int, default=0, help="the reranker's follow features (0: none)")
     ap.add_argument("--attributes", action="store_true", help="the reranker's attribute features")
+    ap.add_argument("--no-rerank", dest="rerank", action="store_false", help="time the members alone")
     args = ap.parse_args()
     raw = ROOT / "data" / "raw" / "demo-full"
     ensure_full_demo(raw)
@@ -65,6 +68,8 @@ def main():
         row = train(data, f"bench-{name}", [*MEMBERS[name], "--epochs", str(args.epochs)], args.threads)
         report("members", {"member": name, "threads": args.threads, **row})
         print(json.dumps({"member": name, **row}))
+    if not args.rerank:
+        return
 
     files = {}
     for name, flags in (("ease-seq", ["--preset", "ease-seq"]), ("multvae", MEMBERS["multvae"] + ["--epochs", "2"])):
