@@ -128,5 +128,6 @@ def fit_closed_form(model_type: str, cfg, ds: Dataset, device: torch.device):
 
 
 def recommender(ckpt: dict, ds: Dataset, device: torch.device) -> TransitionRecommender:
+    """The transition recommender of a loaded checkpoint, scoring the sequences of `ds`."""
     return TransitionRecommender(ckpt["state_dict"]["B"], ds, **ckpt["model_args"]["scoring"])
 
