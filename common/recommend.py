@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,8 +158,23 @@ class EASERecommender:
         return {"B": full}
 
     def score(self, users: np.ndarray) -> torch.Tensor:
-        x = self.X[users]  # sparse [B, V]
-        return torch.from_numpy(np.asarray(x @ self.B.numpy(), dtype=np.float32)).to(self.B.device)  # [B, V]
+        return sparse_times_dense(self.X[users], self.B)  # [B, V]
+
+
+def sparse_times_dense(x, B: torch.Tensor) -> torch.Tensor:
+    """x @ B for a scipy CSR matrix x of float32 and a dense B, as a float32 tensor on B's device.
+
+    Torch's product runs on its threads: at full scale 2 threads take 0.39-0.42 s per 1,024 users against
+    scipy's 0.60-0.65 s, but one thread takes 0.77-0.79 s, so a single CPU thread keeps scipy's. The two agree
+    to float rounding (to the bit where x holds only ones, as plain EASE's does); torch's does not depend on
+    its thread count."""
+    if B.device.type == "cpu" and torch.get_num_threads() == 1:
+        return torch.from_numpy(np.asarray(x @ B.numpy(), dtype=np.float32))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        rows = torch.sparse_csr_tensor(torch.from_numpy(x.indptr).long(), torch.from_numpy(x.indices).long(),
+                                       torch.from_numpy(x.data), size=x.shape, check_invariants=False)
+    return rows.to(B.device) @ B
 
 
 class SASRecRecommender:

@@ -137,6 +137,30 @@ def test_ease_scores_and_top_k(ease_ds):
             assert min(exact[i] for i in row) >= max(others) - 1e-5, f"user {u}: not the best unseen items"
 
 
+def test_sparse_times_dense_on_one_thread_and_several():
+    import scipy.sparse as sp
+    rng = np.random.default_rng(0)
+    x = sp.random(300, 400, density=0.05, format="csr", dtype=np.float32, random_state=1)
+    ones = x.copy()
+    ones.data[:] = 1.0
+    B = torch.from_numpy(rng.standard_normal((400, 250)).astype(np.float32))
+    threads = torch.get_num_threads()
+    try:
+        got = {}
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            got[n] = recommend.sparse_times_dense(x, B), recommend.sparse_times_dense(ones, B)
+    finally:
+        torch.set_num_threads(threads)
+    for m, want in ((x, got[1][0]), (ones, got[1][1])):
+        exact = torch.from_numpy(m.toarray().astype(np.float64)) @ B.double()
+        assert want.dtype == torch.float32 and want.shape == (300, 250)
+        assert torch.allclose(want.double(), exact, atol=1e-4)
+    assert torch.equal(got[2][0], got[3][0]), "torch's product depends on its thread count"
+    assert torch.allclose(got[1][0], got[2][0], atol=1e-5)
+    assert torch.equal(got[1][1], got[2][1]), "a matrix of ones scores to the bit on one thread and several"
+
+
 def test_ease_recency_weights_the_latest_items(ease_ds):
     X, B_ref = ease_reference()
     B = EASERecommender.fit(ease_ds, float(EASE_L2))["B"]
