@@ -36,7 +36,7 @@ class InferenceConfig:
     split: str = field(default="test", metadata={"choices": SPLITS, "help": "test: input the training part, score "
                                                  "on test answers; valid: input it without the validation answers"})
     out_dir: str = "submissions"
-    batch_size: int = setting(1024, "users scored at once", ge=1)
+    batch_size: int = setting(512, "users scored at once", ge=1)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     threads: int = setting(0, "CPU threads (0: one per core)", ge=0)
 
