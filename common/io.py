@@ -165,12 +165,28 @@ def deferred_interrupt():
         raise KeyboardInterrupt
 
 
+def caused_by_interrupt(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt lies in the chain of errors that raised `error`."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def run_main(main) -> None:
     """Run a script's `main`, turning each expected failure into one line on stderr: an InputError
     (status 2), an operating-system error such as a full disk or an unwritable path (status 1), and
     Ctrl-C (status 130)."""
     try:
-        main()
+        try:
+            main()
+        except Exception as e:  # a Ctrl-C that library code wrapped in another error is still a Ctrl-C
+            if caused_by_interrupt(e):
+                raise KeyboardInterrupt from e
+            raise
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -96,9 +96,12 @@ def format_record(record: dict) -> str:
 
 def adam(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Adam:
     """Adam over the model's parameters, as one fused kernel per step on CPU and CUDA (the per-tensor
-    loop costs more than the model's own step when a wide item layer is trained)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay,
-                            fused=device.type in ("cpu", "cuda"))
+    loop costs more than the model's own step when a wide item layer is trained).
+    The first optimizer imports torch's compiler, whose class-building code turns a Ctrl-C that lands
+    inside it into a RuntimeError: the Ctrl-C is held until the import is done."""
+    with deferred_interrupt():
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay,
+                                fused=device.type in ("cpu", "cuda"))
 
 
 def autocast_dtype(amp: str, device: torch.device):

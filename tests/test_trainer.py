@@ -15,9 +15,9 @@ import torch.nn as nn
 from common.checkpoint import CHECKPOINT_VERSION, check_resumable, load_checkpoint
 from common.config import config_from_dict, flat_dict, from_flat, parse_config, save_config
 from common.data import Dataset, build_dataset
-from common.io import InputError, Interrupted, deferred_interrupt
+from common.io import INTERRUPTED_STATUS, InputError, Interrupted, caused_by_interrupt, deferred_interrupt, run_main
 from common.readers import RawData
-from common.trainer import Lazy, Trainer, TrainerConfig
+from common.trainer import Lazy, Trainer, TrainerConfig, adam
 from common.training import TrainConfig, train_config
 
 
@@ -154,6 +154,35 @@ def test_deferred_interrupt_finishes_its_block_then_raises():
             os.kill(os.getpid(), signal.SIGINT)
             done.append("after the signal")
     assert done == ["after the signal"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_wrapped_in_another_error_still_exits_as_an_interrupt(capsys):
+    def class_building_import():  # as Python 3.11 wraps an error raised inside __set_name__
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Error calling __set_name__") from e
+
+    with pytest.raises(SystemExit) as stopped:
+        run_main(class_building_import)
+    assert stopped.value.code == INTERRUPTED_STATUS and capsys.readouterr().err == "interrupted\n"
+    with pytest.raises(ValueError):  # any other error is left alone
+        run_main(lambda: int("x"))
+    assert caused_by_interrupt(ValueError()) is False
+
+
+def test_the_optimizer_holds_a_ctrl_c_until_it_is_built(monkeypatch):
+    real, built = torch.optim.Adam.__init__, []
+
+    def interrupted_init(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        real(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(torch.optim.Adam, "__init__", interrupted_init)
+    with pytest.raises(KeyboardInterrupt):
+        adam(torch.nn.Linear(3, 3), 1e-3, 0.0, torch.device("cpu"))
+    assert len(built) == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize("at, resume_at", [(3, 1), (4, 2)])  # inside epoch 1's checkpoint.pt, its last.pt
