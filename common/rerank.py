@@ -36,6 +36,15 @@ With `attributes` on, for each kind of item attribute (genre, year as a decade, 
   <kind>_share      the mean, over the candidate's attributes of that kind, of the share of the user's
                     training items that hold the attribute (-1 where the candidate has none of that kind)
   <kind>_recent     the same over the user's latest 5 items
+With `ties` on, the candidate against the user's items that share a time stamp. Items with the same time keep
+the file's order (common/data.py), which in MovieLens is by movie id, and dense ids follow raw ids; so a
+dropped item of a block of tied items lies between its tied neighbours' ids, and latest answers that tie with
+the user's latest training item come after its id:
+  tie_count         how many pairs of consecutive tied items in the user's history have ids either side of the
+                    candidate's
+  tie_density       the sum, over those pairs, of 1 / (the number of catalogue items between their ids)
+  last_block        log(1 + the number of the user's training items that share the latest one's time, besides it)
+  after_last        (the candidate's id minus the latest training item's) / the number of items
 With `relative` on, for the blend, each member's z-score and the item, history, time and follow features
 above (those built), the pair against the user's other candidates:
   <feature>_urank   its rank among the user's candidates by that feature (1 = highest; ties share the best)
@@ -93,6 +102,7 @@ class RerankConfig:
     fill_steps: int = setting(0, ge=0)  # 0: no fill features
     profile: bool = setting(False)  # the popularity-profile features (user_pop, pop_gap, pop_gap_recent)
     relative: bool = setting(False)  # the per-user relative features (<feature>_urank, <feature>_gap)
+    ties: bool = setting(False)  # the tied-time features (tie_count, tie_density, last_block, after_last)
     depth: int = setting(0, ge=0)  # read each member's top `depth` candidates alone (0: all the recipe's)
     carves: int = setting(1, ge=1, le=MAX_CARVES)  # validation carves to learn from (1: the validation answers)
     # further carves to learn from, each from the data as it stood one hold-out's latest items earlier
@@ -273,6 +283,38 @@ def profile_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, item_pop: np.n
     return out.astype(np.float32), ["user_pop", "pop_gap", "pop_gap_recent"]
 
 
+def tie_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray):
+    """[P, 4]: tie_count, tie_density, last_block, after_last of each pair (`pu` sorted; see the module's
+    docstring). A pair (lo, hi) of tied neighbours holds the candidate c when lo < c < hi: their count is the
+    pairs with lo < c less those with hi <= c (each of which also has lo < c), both read off sorted keys."""
+    owner = row_owners(ds.indptr)
+    tied = (owner[1:] == owner[:-1]) & (ds.times[1:] == ds.times[:-1])
+    a, b, u = ds.items[:-1][tied], ds.items[1:][tied], owner[1:][tied].astype(np.int64)
+    lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
+    width = 1.0 / np.maximum(hi - lo - 1, 1)  # catalogue items strictly between the two ids
+    base = ds.n_items + 1
+    key, start = pu.astype(np.int64) * base + pi, pu.astype(np.int64) * base
+
+    def below(ends: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
+        """The count and the width sum of the user's pairs whose end is < c ('left') or <= c ('right')."""
+        order = np.argsort(u * base + ends, kind="stable")
+        sorted_key = (u * base + ends)[order]
+        cum = np.r_[0.0, np.cumsum(width[order])]
+        at, first = np.searchsorted(sorted_key, key, side=side), np.searchsorted(sorted_key, start, side="left")
+        return at - first, cum[at] - cum[first]
+
+    (n_lo, w_lo), (n_hi, w_hi) = below(lo, "left"), below(hi, "right")
+    lengths = np.diff(ds.indptr)
+    has = lengths > 0
+    last_pos = np.maximum(ds.indptr[1:] - 1, 0)
+    last_item = np.where(has, ds.items[last_pos] if len(ds.items) else 0, 0)
+    last_time = ds.times[last_pos] if len(ds.times) else np.zeros(len(lengths))
+    block = np.bincount(owner, weights=ds.times == last_time[owner], minlength=len(lengths)) - has
+    after = np.where(has[pu], (pi.astype(np.int64) - last_item[pu]) / max(ds.n_items, 1), 0.0)
+    out = np.stack([n_lo - n_hi, w_lo - w_hi, np.log1p(np.maximum(block, 0))[pu], after], axis=1)
+    return out.astype(np.float32), ["tie_count", "tie_density", "last_block", "after_last"]
+
+
 def attribute_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray, chunk: int = 200_000):
     """[P, 2K]: <kind>_share and <kind>_recent of each pair, for the K attribute kinds of the data set (see the
     module's docstring). Each chunk of pairs makes its users' attribute profiles ([users, attributes], dense)
@@ -356,6 +398,10 @@ def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: Re
         S, attribute_names = attribute_features(ds, pu, pi)
         blocks.append(S)
         names += attribute_names
+    if cfg.ties:
+        Q, tie_names = tie_features(ds, pu, pi)
+        blocks.append(Q)
+        names += tie_names
     X = np.concatenate(blocks, axis=1).astype(np.float32)
     if cfg.relative:
         R, relative_names = relative_features(pu, X, names)

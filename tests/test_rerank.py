@@ -257,6 +257,26 @@ def test_attribute_features_do_not_depend_on_the_chunk_size(split):
     np.testing.assert_array_equal(whole, chunked)
 
 
+def test_tie_features_match_a_slow_reference(tmp_path):
+    raw = toy_raw()
+    raw = replace(raw, times=np.floor(raw.times / 120.0))  # coarse times: blocks of tied items
+    build_dataset(raw, tmp_path / "d", 3, 2, seed=1, validation=True, name="ties")
+    ds = Dataset(tmp_path / "d", "valid")
+    pu = np.repeat(np.arange(ds.n_users), ds.n_items)  # every (user, item), seen ones included
+    pi = np.tile(np.arange(1, ds.n_items + 1), ds.n_users)
+    got, names = rerank.tie_features(ds, pu, pi)
+    assert names == ["tie_count", "tie_density", "last_block", "after_last"]
+    for p, (u, c) in enumerate(zip(pu.tolist(), pi.tolist())):
+        seq = ds.sequence(u).tolist()
+        times = ds.times[ds.indptr[u]:ds.indptr[u + 1]].tolist()
+        around = [(min(a, b), max(a, b)) for a, b, s, t in zip(seq, seq[1:], times, times[1:]) if s == t]
+        holding = [(lo, hi) for lo, hi in around if lo < c < hi]
+        want = [len(holding), sum(1 / max(hi - lo - 1, 1) for lo, hi in holding),
+                math.log1p(sum(t == times[-1] for t in times) - 1), (c - seq[-1]) / ds.n_items]
+        np.testing.assert_allclose(got[p], want, rtol=1e-5, atol=1e-6, err_msg=str((u, c)))
+    assert got[:, 0].max() >= 2 and (got[:, 2] > 0).any() and (got[:, 3] < 0).any() and (got[:, 3] > 0).any()
+
+
 def test_labels_are_the_answers_of_the_dataset_given(split, tmp_path):
     ds = Dataset(split, "valid")
     c = rerank.build_candidates(groups_for(ds, tmp_path, "v"), ds, N, rerank.RerankConfig())
