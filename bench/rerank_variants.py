@@ -73,6 +73,8 @@ VARIANTS = {  # name: (settings, with the linear blend's value as a feature)
                                                          carves=3), True),
     "small+blend+time0.05+follow5+ties carves3 500 trees": (replace(SMALL, time_window=0.05, follow_steps=5,
                                                                    ties=True, carves=3, max_iter=500), True),
+    "small+blend+time0.05+follow5+kinds carves3": (replace(SMALL, time_window=0.05, follow_steps=5, kinds=True,
+                                                          carves=3), True),
     "small+blend+time0.05+follow5 carves3 shifted1": (replace(SMALL, time_window=0.05, follow_steps=5, carves=3,
                                                               shifted_carves=1), True),
     "small+blend+time0.05+follow5 carves3 shifted2": (replace(SMALL, time_window=0.05, follow_steps=5, carves=3,

@@ -56,7 +56,9 @@ draws of the validation answers, common/data.py), and the classifier learns from
 users' worth of answers. With `shifted_carves` > 0 it also learns from carves of the data as it stood one
 hold-out earlier (new latest answers); those are left out of the all-carves score. A classifier (scikit-learn's HistGradientBoostingClassifier) orders each user's
 candidates; its validation score is cross-fitted over two halves of the users (every carve of a user on the
-same side), and scored on the first carve's answers alone.
+same side), and scored on the first carve's answers alone. With `kinds` on, two classifiers learn, one of the
+latest answers and one of the random earlier ones (a user's last `holdout last` answers are the latest), and a
+pair's value is the sum of their probabilities.
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ from threadpoolctl import threadpool_limits
 from common.blend import blend_top_k, contribution_matrix, load_inputs
 from common.config import setting
 from common.data import MAX_CARVES, Dataset, pad_rows, row_owners, row_positions
+from common.io import InputError
 from common.metrics import all_metrics
 
 RECENT_ITEMS = 5  # history items averaged in recent_cos
@@ -103,6 +106,9 @@ class RerankConfig:
     profile: bool = setting(False)  # the popularity-profile features (user_pop, pop_gap, pop_gap_recent)
     relative: bool = setting(False)  # the per-user relative features (<feature>_urank, <feature>_gap)
     ties: bool = setting(False)  # the tied-time features (tie_count, tie_density, last_block, after_last)
+    # two classifiers, of the latest answers and of the random earlier ones, whose probabilities are summed:
+    # the hidden set is a mixture of the two, which one classifier's additive log-odds fit less well
+    kinds: bool = setting(False)
     depth: int = setting(0, ge=0)  # read each member's top `depth` candidates alone (0: all the recipe's)
     carves: int = setting(1, ge=1, le=MAX_CARVES)  # validation carves to learn from (1: the validation answers)
     # further carves to learn from, each from the data as it stood one hold-out's latest items earlier
@@ -417,16 +423,38 @@ def fit_threads(threads: int):
     return threadpool_limits(limits=threads or os.cpu_count() or 1, user_api="openmp")
 
 
-def labels(c: Candidates, ds: Dataset) -> np.ndarray:
-    """1 where the pair is one of the user's answers in `ds`."""
-    answer = np.unique(row_owners(ds.ans_indptr) * (ds.n_items + 1) + ds.ans_items)
-    return np.isin(c.users * (ds.n_items + 1) + c.items, answer).astype(np.int8)
+LATEST, EARLIER = 1, 2  # the labels of the two kinds of answers (0: not an answer)
 
 
-def stack(sets: list[tuple[Candidates, Dataset]]) -> tuple[Candidates, np.ndarray, np.ndarray]:
+def answer_kinds(ds: Dataset) -> np.ndarray:
+    """[A] LATEST or EARLIER for each answer of `ds`. A user's answers are stored in time order and the
+    latest ones come last (common/data.py), so they are the last `holdout last` of each user's."""
+    holdout = ds.meta.get("holdout") or {}
+    if holdout.get("cutoff", 0.0) or not holdout.get("last"):
+        raise InputError(f"{ds.root}: [rerank] kinds needs a hold-out of each user's latest items "
+                         "(01_preprocess.py without --holdout-cutoff, with --holdout-last > 0)")
+    owner = row_owners(ds.ans_indptr)
+    from_end = ds.ans_indptr[owner + 1] - np.arange(len(owner))  # 1 for a user's last answer
+    return np.where(from_end <= holdout["last"], LATEST, EARLIER).astype(np.int8)
+
+
+def labels(c: Candidates, ds: Dataset, kinds: bool = False) -> np.ndarray:
+    """1 where the pair is one of the user's answers in `ds` (kinds: LATEST or EARLIER, by the answer's kind)."""
+    base = ds.n_items + 1
+    key = row_owners(ds.ans_indptr).astype(np.int64) * base + ds.ans_items
+    kind = answer_kinds(ds) if kinds else np.ones(len(key), dtype=np.int8)
+    order = np.argsort(key, kind="stable")
+    key, kind = key[order], kind[order]
+    pair = c.users.astype(np.int64) * base + c.items
+    at = np.minimum(np.searchsorted(key, pair), max(len(key) - 1, 0))
+    hit = (key[at] == pair) if len(key) else np.zeros(len(pair), dtype=bool)
+    return np.where(hit, kind[at] if len(key) else 0, 0).astype(np.int8)
+
+
+def stack(sets: list[tuple[Candidates, Dataset]], kinds: bool = False) -> tuple[Candidates, np.ndarray, np.ndarray]:
     """The candidates of several (candidates, dataset) pairs as one learning set: (candidates, labels from
     each pair's own answers, the rows of answered users)."""
-    y = np.concatenate([labels(c, ds) for c, ds in sets])
+    y = np.concatenate([labels(c, ds, kinds) for c, ds in sets])
     rows, start = [], 0
     for c, ds in sets:
         rows.append(start + answered_rows(c, ds))
@@ -442,20 +470,37 @@ def learning_rows(y: np.ndarray, rows: np.ndarray, max_pairs: int, seed: int) ->
     """`rows` cut to at most `max_pairs` (0: no cut): all positive rows, then negatives drawn uniformly."""
     if max_pairs == 0 or len(rows) <= max_pairs:
         return rows
-    pos, neg = rows[y[rows] == 1], rows[y[rows] == 0]
+    pos, neg = rows[y[rows] > 0], rows[y[rows] == 0]
     keep = np.random.default_rng(seed).choice(len(neg), size=max(max_pairs - len(pos), 0), replace=False)
     return np.sort(np.concatenate([pos, neg[keep]]))
 
 
+class KindSum:
+    """Classifiers of each kind of answer behind one predict_proba: column 1 is the sum of their
+    probabilities (the chance that the pair is an answer of either kind; column 0 is 1 minus it)."""
+
+    def __init__(self, models: list):
+        self.models = models
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = np.sum([m.predict_proba(X)[:, 1] for m in self.models], axis=0)
+        return np.stack([1.0 - p, p], axis=1)
+
+
 def fit(c: Candidates, y: np.ndarray, cfg: RerankConfig, rows: np.ndarray | None = None):
     """A classifier of the answers among the candidate pairs (`rows`: a subset to learn from, cut to
-    `cfg.max_pairs`)."""
+    `cfg.max_pairs`); with cfg.kinds (`y` from labels(kinds=True)), one per kind of answer, summed."""
     rows = learning_rows(y, np.arange(len(y)) if rows is None else rows, cfg.max_pairs, cfg.seed)
-    model = HistGradientBoostingClassifier(max_iter=cfg.max_iter, learning_rate=cfg.learning_rate,
-                                           max_leaf_nodes=cfg.max_leaf_nodes, min_samples_leaf=cfg.min_samples_leaf,
-                                           l2_regularization=cfg.l2_regularization, early_stopping=False,
-                                           random_state=cfg.seed)
-    return model.fit(c.X[rows], y[rows])
+
+    def classifier(target: np.ndarray):
+        model = HistGradientBoostingClassifier(max_iter=cfg.max_iter, learning_rate=cfg.learning_rate,
+                                               max_leaf_nodes=cfg.max_leaf_nodes, min_samples_leaf=cfg.min_samples_leaf,
+                                               l2_regularization=cfg.l2_regularization, early_stopping=False,
+                                               random_state=cfg.seed)
+        return model.fit(c.X[rows], target[rows])
+    if cfg.kinds:
+        return KindSum([classifier((y == kind).astype(np.int8)) for kind in (LATEST, EARLIER)])
+    return classifier((y > 0).astype(np.int8))
 
 
 def answered_rows(c: Candidates, ds: Dataset) -> np.ndarray:
@@ -474,7 +519,7 @@ def learn_and_order(learn: list[tuple[Candidates, Dataset]], c: Candidates, ds: 
                     k: int) -> tuple[np.ndarray, np.ndarray]:
     """Learn the classifier on the candidates of each pair of `learn` against that pair's answers, then order
     the candidates `c` of `ds`: (users [U], top-k items [U, k])."""
-    stacked, y, rows = stack(learn)
+    stacked, y, rows = stack(learn, cfg.kinds)
     return rerank(fit(stacked, y, cfg, rows), c, ds, k)
 
 
@@ -500,7 +545,7 @@ def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
     users = ds.eval_users()
     rng = np.random.default_rng(cfg.seed)
     half = rng.permutation(len(users)) % 2
-    learn, learn_y, learn_rows = stack([(c, ds), *extra, *learn_only])
+    learn, learn_y, learn_rows = stack([(c, ds), *extra, *learn_only], cfg.kinds)
     sets = [(c, ds), *extra, *score_only]
     values, models = [np.zeros(len(cj.users)) for cj, _ in sets], []
     for h in (0, 1):

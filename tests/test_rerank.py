@@ -12,6 +12,7 @@ import pytest
 
 from common import rerank
 from common.data import Dataset, build_dataset
+from common.io import InputError
 from common.readers import RawData
 from common.recipe import Member, Recipe
 from common.pipeline import rerank_candidates, rerank_stage
@@ -285,12 +286,46 @@ def test_labels_are_the_answers_of_the_dataset_given(split, tmp_path):
     assert y.tolist() == [int((u, i) in answers) for u, i in zip(c.users.tolist(), c.items.tolist())]
 
 
-def test_the_reranker_never_reads_test_answers(split, tmp_path):
+def test_answer_kinds_are_the_latest_rows_and_the_earlier_ones(split, tmp_path):
+    ds, full = Dataset(split, "valid"), Dataset(split, "test")  # the valid carve's rows index full's
+    positions = np.load(split / "valid.npz")["positions"]
+    owner = np.searchsorted(full.indptr, positions, side="right") - 1
+    latest = positions >= full.indptr[owner + 1] - ds.meta["holdout"]["last"]
+    kinds = rerank.answer_kinds(ds)
+    assert kinds.tolist() == np.where(latest, rerank.LATEST, rerank.EARLIER).tolist()
+    assert 0 < latest.mean() < 1
+    c = rerank.build_candidates(groups_for(ds, tmp_path, "v"), ds, N, rerank.RerankConfig())
+    kind_of = {(int(u), int(i)): int(k) for u, i, k in zip(owner, ds.ans_items, kinds)}
+    y = rerank.labels(c, ds, kinds=True)
+    assert y.tolist() == [kind_of.get((u, i), 0) for u, i in zip(c.users.tolist(), c.items.tolist())]
+    assert np.array_equal(y > 0, rerank.labels(c, ds) == 1) and {1, 2} <= set(y.tolist())
+
+
+def test_answer_kinds_refuse_a_time_cutoff_hold_out(tmp_path):
+    build_dataset(toy_raw(), tmp_path / "d", 3, 2, seed=1, validation=True, name="cut", cutoff=0.8)
+    with pytest.raises(InputError, match="kinds needs a hold-out of each user's latest items"):
+        rerank.answer_kinds(Dataset(tmp_path / "d", "valid"))
+
+
+def test_kinds_sum_one_classifier_per_kind(split, tmp_path):
+    ds = Dataset(split, "valid")
+    cfg = rerank.RerankConfig(max_iter=20, min_samples_leaf=5, kinds=True)
+    c = rerank.build_candidates(groups_for(ds, tmp_path, "v"), ds, N, cfg)
+    y = rerank.labels(c, ds, kinds=True)
+    model = rerank.fit(c, y, cfg)
+    latest = rerank.fit(c, (y == rerank.LATEST).astype(np.int8), replace(cfg, kinds=False))
+    earlier = rerank.fit(c, (y == rerank.EARLIER).astype(np.int8), replace(cfg, kinds=False))
+    np.testing.assert_allclose(model.predict_proba(c.X)[:, 1],
+                               latest.predict_proba(c.X)[:, 1] + earlier.predict_proba(c.X)[:, 1])
+
+
+@pytest.mark.parametrize("kinds", [False, True])
+def test_the_reranker_never_reads_test_answers(split, tmp_path, kinds):
     """The order given to the test candidates is learned from the validation answers alone: other test
     answers change the test score, never the order."""
     valid, test = Dataset(split, "valid"), Dataset(split, "test")
     recipe = Recipe(path="r", members=[Member("a", []), Member("b", [])], k=3, candidates=N,
-                    rerank=rerank.RerankConfig(max_iter=20, min_samples_leaf=5))
+                    rerank=rerank.RerankConfig(max_iter=20, min_samples_leaf=5, kinds=kinds))
     weights = {"a": 1.0, "b": 0.5}
     learn = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(valid, tmp_path, "v").items()}
     apply = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(test, tmp_path, "t").items()}
