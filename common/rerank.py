@@ -303,9 +303,9 @@ def tie_features(ds: Dataset, pu: np.ndarray, pi: np.ndarray):
 
     def below(ends: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
         """The count and the width sum of the user's pairs whose end is < c ('left') or <= c ('right')."""
-        order = np.argsort(u * base + ends, kind="stable")
-        sorted_key = (u * base + ends)[order]
-        cum = np.r_[0.0, np.cumsum(width[order])]
+        ends_key = u * base + ends
+        order = np.argsort(ends_key, kind="stable")
+        sorted_key, cum = ends_key[order], np.r_[0.0, np.cumsum(width[order])]
         at, first = np.searchsorted(sorted_key, key, side=side), np.searchsorted(sorted_key, start, side="left")
         return at - first, cum[at] - cum[first]
 
@@ -442,13 +442,13 @@ def labels(c: Candidates, ds: Dataset, kinds: bool = False) -> np.ndarray:
     """1 where the pair is one of the user's answers in `ds` (kinds: LATEST or EARLIER, by the answer's kind)."""
     base = ds.n_items + 1
     key = row_owners(ds.ans_indptr).astype(np.int64) * base + ds.ans_items
-    kind = answer_kinds(ds) if kinds else np.ones(len(key), dtype=np.int8)
-    order = np.argsort(key, kind="stable")
-    key, kind = key[order], kind[order]
     pair = c.users.astype(np.int64) * base + c.items
-    at = np.minimum(np.searchsorted(key, pair), max(len(key) - 1, 0))
-    hit = (key[at] == pair) if len(key) else np.zeros(len(pair), dtype=bool)
-    return np.where(hit, kind[at] if len(key) else 0, 0).astype(np.int8)
+    hit = np.isin(pair, key)
+    y = hit.astype(np.int8)
+    if kinds:
+        order = np.argsort(key)
+        y[hit] = answer_kinds(ds)[order[np.searchsorted(key[order], pair[hit])]]
+    return y
 
 
 def stack(sets: list[tuple[Candidates, Dataset]], kinds: bool = False) -> tuple[Candidates, np.ndarray, np.ndarray]:
