@@ -81,6 +81,16 @@ VARIANTS = {  # name: (settings, with the linear blend's value as a feature)
                                                               shifted_carves=2), True),
     "small+blend+time0.05+follow5 carves1 shifted2": (replace(SMALL, time_window=0.05, follow_steps=5, carves=1,
                                                               shifted_carves=2), True),
+    "small+blend+time0.05+follow5 carves3 bags5": (replace(SMALL, time_window=0.05, follow_steps=5, carves=3, bags=5),
+                                                   True),
+    "small+blend+time0.05+follow5 carves3 bags5 features0.5": (replace(SMALL, time_window=0.05, follow_steps=5, carves=3,
+                                                                       bags=5, max_features=0.5), True),
+    "small+blend+time0.05+follow5 carves3 features0.5": (replace(SMALL, time_window=0.05, follow_steps=5, carves=3,
+                                                                 max_features=0.5), True),
+    "small+blend+time0.05+follow5+ties+attributes+fill20 carves3": (
+        replace(SMALL, time_window=0.05, follow_steps=5, ties=True, attributes=True, fill_steps=20, carves=3), True),
+    "small+blend+time0.05+follow5+ties+attributes+fill20 carves3 bags5": (
+        replace(SMALL, time_window=0.05, follow_steps=5, ties=True, attributes=True, fill_steps=20, carves=3, bags=5), True),
 }
 
 

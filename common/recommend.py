@@ -40,7 +40,7 @@ class PopRecommender:
 GRAM_BLOCK = 2048  # columns of X^T X computed at once
 
 
-def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0) -> torch.Tensor:
+def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0, pair_weight=None) -> torch.Tensor:
     """Item-item Gram matrix over real items, [n_items, n_items] float32.
 
     window 0: G = X^T X, the number of users who have both items. window w > 0: two items of a user count
@@ -48,6 +48,8 @@ def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0) -> torch.Tenso
     the diagonal keeps each item's count. A pair that sits together in time is what a randomly dropped item
     shares with its neighbours. With w >= the longest sequence and tau -> inf it is X^T X again.
     Unlike X^T X a windowed G can have slightly negative eigenvalues; the l2 of EASE covers them.
+    `pair_weight(a, d)`, given the rows `a` [P] (a tensor) of ds.items whose item is d steps before another of its user,
+    returns extra weights [P] for those pairs (a probe of other weightings, bench/time_window.py).
     """
     if window == 0:  # X^T X, a block of GRAM_BLOCK columns at a time: the sparse product never holds all pairs
         X = ds.seen_matrix()[:, 1:].astype(np.float32).tocsc()  # [U, n_items]
@@ -63,6 +65,8 @@ def cooccurrence(ds: Dataset, window: int = 0, tau: float = 20.0) -> torch.Tenso
     for d in range(1, min(window, int(np.diff(ds.indptr).max(initial=1)) - 1) + 1):
         a = torch.from_numpy(same_row_pairs(owner, d))  # [P] pairs d steps apart
         w = torch.full((len(a),), math.exp(-(d - 1) / tau))  # [P]
+        if pair_weight is not None:
+            w = w * pair_weight(a, d)
         G.index_add_(0, items[a] * n + items[a + d], w)
         G.index_add_(0, items[a + d] * n + items[a], w)
     G = G.view(n, n)
@@ -136,11 +140,12 @@ class EASERecommender:
 
     @staticmethod
     def fit(ds: Dataset, l2: float, window: int = 0, window_tau: float = 20.0, diag_power: float = 1.0,
-            device: torch.device = torch.device("cpu")) -> dict:
+            device: torch.device = torch.device("cpu"), pair_weight=None) -> dict:
         """B, computed on `device` (torch.linalg: a GPU inverts a large catalogue's matrix in seconds).
-        At most two dense item-item matrices are alive at a time (see `ease_bytes`)."""
+        At most two dense item-item matrices are alive at a time (see `ease_bytes`). `pair_weight`: see
+        `cooccurrence`."""
         check_dense_memory(ds.n_items, device)
-        G = cooccurrence(ds, window, window_tau).to(device)  # [n, n]
+        G = cooccurrence(ds, window, window_tau, pair_weight).to(device)  # [n, n]
         G.diagonal().add_(l2)
         L, info = torch.linalg.cholesky_ex(G)
         if info.item() == 0:

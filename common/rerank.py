@@ -58,7 +58,9 @@ hold-out earlier (new latest answers); those are left out of the all-carves scor
 candidates; its validation score is cross-fitted over two halves of the users (every carve of a user on the
 same side), and scored on the first carve's answers alone. With `kinds` on, two classifiers learn, one of the
 latest answers and one of the random earlier ones (a user's last `holdout last` answers are the latest), and a
-pair's value is the sum of their probabilities.
+pair's value is the sum of their probabilities. With `bags` > 1, that many classifiers learn, each from a
+bootstrap draw of the users with its own seed (and, with `max_features` < 1, each split choosing among that
+share of the features), and a pair's value is the mean of their probabilities.
 """
 from __future__ import annotations
 
@@ -110,6 +112,10 @@ class RerankConfig:
     # the hidden set is a mixture of the two, which one classifier's additive log-odds fit less well
     kinds: bool = setting(False)
     depth: int = setting(0, ge=0)  # read each member's top `depth` candidates alone (0: all the recipe's)
+    # classifiers averaged, each learning from a bootstrap draw of the learning users (every carve of a drawn
+    # user, as often as drawn) with its own seed; 1: one classifier, from every user
+    bags: int = setting(1, ge=1)
+    max_features: float = setting(1.0, gt=0, le=1)  # the share of the features each split may choose from
     carves: int = setting(1, ge=1, le=MAX_CARVES)  # validation carves to learn from (1: the validation answers)
     # further carves to learn from, each from the data as it stood one hold-out's latest items earlier
     # (common/data.py): new latest answers, where the random carves repeat the validation carve's
@@ -475,32 +481,48 @@ def learning_rows(y: np.ndarray, rows: np.ndarray, max_pairs: int, seed: int) ->
     return np.sort(np.concatenate([pos, neg[keep]]))
 
 
-class KindSum:
-    """Classifiers of each kind of answer behind one predict_proba: column 1 is the sum of their
-    probabilities (the chance that the pair is an answer of either kind; column 0 is 1 minus it)."""
+class SummedProba:
+    """Classifiers behind one predict_proba: column 1 is `weight` times the sum of their probabilities (with
+    one classifier per kind of answer and weight 1, the chance that the pair is an answer of either kind; with
+    bagged classifiers and weight 1 / bags, their mean), column 0 is 1 minus it."""
 
-    def __init__(self, models: list):
-        self.models = models
+    def __init__(self, models: list, weight: float = 1.0):
+        self.models, self.weight = models, weight
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        p = np.sum([m.predict_proba(X)[:, 1] for m in self.models], axis=0)
+        p = self.weight * np.sum([m.predict_proba(X)[:, 1] for m in self.models], axis=0)
         return np.stack([1.0 - p, p], axis=1)
+
+
+def bootstrap_rows(users: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`rows` of a bootstrap draw of their users: as many users drawn with replacement as there are, and each
+    drawn user's rows repeated as often as the user was drawn."""
+    owners, owner = np.unique(users[rows], return_inverse=True)
+    draws = np.bincount(rng.integers(len(owners), size=len(owners)), minlength=len(owners))
+    return np.repeat(rows, draws[owner])
 
 
 def fit(c: Candidates, y: np.ndarray, cfg: RerankConfig, rows: np.ndarray | None = None):
     """A classifier of the answers among the candidate pairs (`rows`: a subset to learn from, cut to
-    `cfg.max_pairs`); with cfg.kinds (`y` from labels(kinds=True)), one per kind of answer, summed."""
+    `cfg.max_pairs`); with cfg.kinds (`y` from labels(kinds=True)), one per kind of answer, summed; with
+    cfg.bags > 1, that many, each from a bootstrap draw of the users, averaged."""
     rows = learning_rows(y, np.arange(len(y)) if rows is None else rows, cfg.max_pairs, cfg.seed)
 
-    def classifier(target: np.ndarray):
+    def classifier(target: np.ndarray, rows: np.ndarray, seed: int):
         model = HistGradientBoostingClassifier(max_iter=cfg.max_iter, learning_rate=cfg.learning_rate,
                                                max_leaf_nodes=cfg.max_leaf_nodes, min_samples_leaf=cfg.min_samples_leaf,
-                                               l2_regularization=cfg.l2_regularization, early_stopping=False,
-                                               random_state=cfg.seed)
+                                               l2_regularization=cfg.l2_regularization, max_features=cfg.max_features,
+                                               early_stopping=False, random_state=seed)
         return model.fit(c.X[rows], target[rows])
-    if cfg.kinds:
-        return KindSum([classifier((y == kind).astype(np.int8)) for kind in (LATEST, EARLIER)])
-    return classifier((y > 0).astype(np.int8))
+
+    def one(rows: np.ndarray, seed: int):
+        if cfg.kinds:
+            return SummedProba([classifier((y == kind).astype(np.int8), rows, seed) for kind in (LATEST, EARLIER)])
+        return classifier((y > 0).astype(np.int8), rows, seed)
+    if cfg.bags == 1:
+        return one(rows, cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    return SummedProba([one(bootstrap_rows(c.users, rows, rng), cfg.seed + b) for b in range(cfg.bags)], 1 / cfg.bags)
 
 
 def answered_rows(c: Candidates, ds: Dataset) -> np.ndarray:

@@ -220,6 +220,19 @@ def test_windowed_cooccurrence_by_hand(window_ds):
     assert np.allclose(got.numpy(), want, atol=1e-6), f"\n{got}\nvs\n{want}"
 
 
+def test_pair_weight_scales_each_pair_by_hand(window_ds):
+    """pair_weight multiplies each pair's weight: here pairs 2 steps apart count 3 times, 1 step apart 0 times."""
+    tau = 2.0
+    got = cooccurrence(window_ds, window=2, tau=tau, pair_weight=lambda a, d: torch.full((len(a),), 3.0 * (d - 1)))
+    want = np.zeros((4, 4))
+    for (a, b), n in {(1, 2): 1, (1, 3): 1, (2, 4): 1}.items():  # the 2-step pairs of test_windowed_... above
+        want[a - 1, b - 1] = want[b - 1, a - 1] = 3.0 * n * math.exp(-1 / tau)
+    np.fill_diagonal(want, [3, 2, 2, 2])  # the diagonal keeps each item's count
+    assert np.allclose(got.numpy(), want, atol=1e-6), f"\n{got}\nvs\n{want}"
+    ones = cooccurrence(window_ds, window=2, tau=tau, pair_weight=lambda a, d: torch.ones(len(a)))
+    assert torch.equal(ones, cooccurrence(window_ds, window=2, tau=tau))
+
+
 def test_wide_window_without_decay_is_the_plain_gram(ease_ds, window_ds):
     for ds in (ease_ds, window_ds):
         plain = cooccurrence(ds)

@@ -319,13 +319,39 @@ def test_kinds_sum_one_classifier_per_kind(split, tmp_path):
                                latest.predict_proba(c.X)[:, 1] + earlier.predict_proba(c.X)[:, 1])
 
 
-@pytest.mark.parametrize("kinds", [False, True])
-def test_the_reranker_never_reads_test_answers(split, tmp_path, kinds):
+def test_bootstrap_rows_draw_whole_users_as_often_as_drawn():
+    users = np.array([0, 0, 0, 1, 1, 2, 5, 5, 5, 5])  # user 5's rows from two carves: drawn together
+    rows = np.array([0, 2, 3, 4, 5, 6, 8, 9])  # a subset: rows 1 and 7 are not learned from
+    drawn = rerank.bootstrap_rows(users, rows, np.random.default_rng(3))
+    count = {int(u): int(n) for u, n in zip(*np.unique(users[drawn], return_counts=True))}
+    times = {u: count.get(u, 0) // int((users[rows] == u).sum()) for u in (0, 1, 2, 5)}
+    assert sum(times.values()) == 4, "as many draws as users"
+    for u, t in times.items():  # each drawn user brings all its learning rows, t times each
+        assert sorted(drawn[users[drawn] == u].tolist()) == sorted(rows[users[rows] == u].tolist() * t)
+    assert np.array_equal(drawn, rerank.bootstrap_rows(users, rows, np.random.default_rng(3)))
+
+
+def test_bags_average_classifiers_of_bootstrap_draws(split, tmp_path):
+    ds = Dataset(split, "valid")
+    cfg = rerank.RerankConfig(max_iter=20, min_samples_leaf=5, bags=3, max_features=0.5, seed=7)
+    c = rerank.build_candidates(groups_for(ds, tmp_path, "v"), ds, N, cfg)
+    y = rerank.labels(c, ds)
+    rows = rerank.answered_rows(c, ds)
+    model = rerank.fit(c, y, cfg, rows)
+    rng, one = np.random.default_rng(7), replace(cfg, bags=1)
+    alone = [rerank.fit(c, y, replace(one, seed=7 + b), rerank.bootstrap_rows(c.users, rows, rng)) for b in range(3)]
+    p = [m.predict_proba(c.X)[:, 1] for m in alone]
+    np.testing.assert_allclose(model.predict_proba(c.X)[:, 1], np.mean(p, axis=0))
+    assert not np.allclose(p[0], p[1]), "the draws differ: the mean is not one classifier"
+
+
+@pytest.mark.parametrize("options", [{}, {"kinds": True}, {"bags": 3, "max_features": 0.5}])
+def test_the_reranker_never_reads_test_answers(split, tmp_path, options):
     """The order given to the test candidates is learned from the validation answers alone: other test
     answers change the test score, never the order."""
     valid, test = Dataset(split, "valid"), Dataset(split, "test")
     recipe = Recipe(path="r", members=[Member("a", []), Member("b", [])], k=3, candidates=N,
-                    rerank=rerank.RerankConfig(max_iter=20, min_samples_leaf=5, kinds=kinds))
+                    rerank=rerank.RerankConfig(max_iter=20, min_samples_leaf=5, **options))
     weights = {"a": 1.0, "b": 0.5}
     learn = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(valid, tmp_path, "v").items()}
     apply = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(test, tmp_path, "t").items()}
