@@ -48,11 +48,20 @@ from common.io import InputError, Interrupted, append_jsonl, deferred_interrupt,
 from common.utils import check_finite, optimizer_step
 
 GPU_CHECK_EVERY = 100  # steps between loss checks on CUDA, where reading the loss waits for the GPU
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
 class TrainerConfig:
     lr: float = setting(1e-3, gt=0)
+    schedule: str = setting("constant", "the learning rate over the run: constant, or cosine (from --lr down a half "
+                                        "cosine to --lr * --lr-floor at the end of epoch --decay-epochs, then held)",
+                            choices=SCHEDULES)
+    decay_epochs: int = setting(0, "cosine: epochs over which the rate falls; fixed apart from --epochs, so that a "
+                                   "run stopped or refitted earlier follows the same rates", ge=0)
+    lr_floor: float = setting(0.1, "cosine: the last rate, as a share of --lr", ge=0, le=1)
+    warmup_epochs: float = setting(0.0, "rise linearly from 0 to the schedule's rate over this many epochs "
+                                        "(fractions count steps: 0.5 is half an epoch's steps)", ge=0)
     weight_decay: float = setting(0.0, ge=0)
     ema: float = setting(0.0, "evaluate and save an exponential moving average of the weights with this decay per "
                               "step (0: off)", ge=0, lt=1)
@@ -76,6 +85,23 @@ class TrainerConfig:
     threads: int = setting(0, "CPU threads (0: one per core)", ge=0)
     resume: bool = field(default=False, metadata={"help": "continue the run from its last.pt"})
     progress: bool = field(default=True, metadata={"help": "show tqdm bars"})
+
+    RULES = ((lambda c: c.schedule != "cosine" or c.decay_epochs > 0,
+              "--schedule cosine needs --decay-epochs (the epochs over which the rate falls)"),)
+
+
+def learning_rate(cfg: TrainerConfig, epoch: int, step: int, steps: int) -> float:
+    """The rate of step `step` (0-based) of epoch `epoch`, which has `steps` steps: a pure function of where
+    the run is, so a resumed run takes the same steps. Progress is counted in epochs (epoch + step / steps),
+    so epochs of different lengths each span one unit."""
+    done = epoch + step / steps  # epochs finished before this step
+    rate = cfg.lr
+    if cfg.schedule == "cosine":
+        share = min(done / cfg.decay_epochs, 1.0)
+        rate *= cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * share))
+    if cfg.warmup_epochs:
+        rate *= min(1.0, (done + 1 / steps) / cfg.warmup_epochs)  # the first step already moves
+    return rate
 
 
 class Lazy:
@@ -158,6 +184,7 @@ class Trainer:
         elif metrics_path.exists() and w.main:
             metrics_path.unlink()
         scored = ds.has_holdout and cfg.select == "best" and hasattr(task, "evaluate")  # answers choose the epoch
+        scheduled = cfg.schedule != "constant" or cfg.warmup_epochs > 0  # metrics then record each epoch's last rate
 
         def save(path: Path, epoch: int, best_score, record: dict) -> None:
             if not w.main:
@@ -185,10 +212,14 @@ class Trainer:
                 if w.distributed:
                     batches = Lazy([shard(x, w) for x in batches.items if shardable(x, w)], batches.fn)
                 total, steps, parts = torch.zeros((), device=self.device), 0, {}
+                n_steps = max(len(batches), 1)
                 bar = tqdm(batches, desc=f"{task.label}epoch {epoch}", disable=not (cfg.progress and w.main),
                            leave=False)
                 with rank_stream(rng, w):
                     for batch in bar:
+                        rate = learning_rate(cfg, epoch, steps, n_steps)
+                        for group in opt.param_groups:
+                            group["lr"] = rate
                         with torch.autocast(self.device.type, dtype=amp) if amp else nullcontext():
                             loss = step_loss(batch)
                         loss, named = loss if isinstance(loss, tuple) else (loss, {})
@@ -209,7 +240,7 @@ class Trainer:
                             bar.set_postfix(loss=f"{mean:.4f}")
                 mean = mean_over_ranks(total, w).item() / max(steps, 1)
                 check_finite(mean, f"{task.label}epoch {epoch} by step {steps - 1}", best_path)
-                record = {"epoch": epoch, "loss": mean,
+                record = {"epoch": epoch, "loss": mean, **({"lr": rate} if steps and scheduled else {}),
                           **{name: None if s is None else s / max(steps, 1) for name, s in parts.items()}}
                 improved = not scored
                 if scored:

@@ -17,7 +17,8 @@ from common.config import config_from_dict, flat_dict, from_flat, parse_config, 
 from common.data import Dataset, build_dataset
 from common.io import INTERRUPTED_STATUS, InputError, Interrupted, caused_by_interrupt, deferred_interrupt, run_main
 from common.readers import RawData
-from common.trainer import Lazy, Trainer, TrainerConfig, adam
+from common.config import check_settings
+from common.trainer import Lazy, Trainer, TrainerConfig, adam, learning_rate
 from common.training import TrainConfig, train_config
 
 
@@ -129,6 +130,39 @@ def test_resume_is_exact(ds, tmp_path):
     assert torch.equal(straight.module.weight, resumed.module.weight)
     a, b = (load_checkpoint(tmp_path / x / "checkpoint.pt")["state_dict"] for x in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a), "the moving average resumes too"
+
+
+def test_learning_rate_by_hand():
+    """Cosine from 0.1 to 0.1 * 0.1 over 2 epochs of 4 steps, then held; warm-up over half an epoch."""
+    cos = TrainerConfig(lr=0.1, schedule="cosine", decay_epochs=2, lr_floor=0.1)
+    assert learning_rate(cos, 0, 0, 4) == pytest.approx(0.1)
+    assert learning_rate(cos, 0, 2, 4) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi / 4))))
+    assert learning_rate(cos, 1, 0, 4) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5))  # halfway: 0.055
+    assert learning_rate(cos, 2, 0, 4) == pytest.approx(0.01)
+    assert learning_rate(cos, 7, 3, 4) == pytest.approx(0.01), "held at the floor after --decay-epochs"
+    warm = TrainerConfig(lr=0.1, warmup_epochs=0.5)
+    assert [learning_rate(warm, 0, s, 4) for s in range(4)] == pytest.approx([0.05, 0.1, 0.1, 0.1])
+    assert learning_rate(TrainerConfig(lr=0.1), 3, 2, 4) == 0.1, "constant: --lr at every step"
+
+
+def test_cosine_needs_its_horizon():
+    with pytest.raises(InputError, match="--schedule cosine needs --decay-epochs"):
+        check_settings(TrainerConfig(schedule="cosine"))
+    check_settings(TrainerConfig(schedule="cosine", decay_epochs=3))
+
+
+def test_a_scheduled_run_steps_at_its_rates_and_resumes_exactly(ds, tmp_path):
+    sched = dict(schedule="cosine", decay_epochs=3, lr_floor=0.2, warmup_epochs=0.5)
+    straight, metrics = fit_toy(ToyTask, ds, tmp_path / "a", epochs=4, **sched)
+    cfg = TrainerConfig(lr=0.05, **sched)
+    assert [m["lr"] for m in metrics] == pytest.approx([learning_rate(cfg, e, 3, 4) for e in range(4)])
+    assert metrics[-1]["lr"] == pytest.approx(0.05 * 0.2)
+    fit_toy(ToyTask, ds, tmp_path / "b", epochs=2, **sched)
+    resumed, _ = fit_toy(ToyTask, ds, tmp_path / "b", epochs=4, resume=True, **sched)
+    assert torch.equal(straight.module.weight, resumed.module.weight)
+    constant, plain = fit_toy(ToyTask, ds, tmp_path / "c", epochs=4)
+    assert not torch.equal(straight.module.weight, constant.module.weight), "the schedule changes the steps"
+    assert "lr" not in plain[0], "a constant rate is not logged"
 
 
 class CtrlCToyTask(ToyTask):
