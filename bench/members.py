@@ -7,16 +7,20 @@ Mult-VAE, RecVAE and the cloze model, and the seconds and memory of the reranker
     .venv/bin/python bench/members.py --members --reuse-candidates   # the reranker stage alone
     .venv/bin/python bench/members.py --members --reuse-candidates --time-window 0.05 --follow-steps 5
     .venv/bin/python bench/members.py --members --reuse-candidates --time-window 0.05 --follow-steps 5 --attributes
+    .venv/bin/python bench/members.py --members --reuse-candidates --recipe recipes/rerank.toml   # its [rerank] table
 
 Each member trains --epochs epochs on the validation split (evaluation on the validation answers included in
 each epoch's seconds). The reranker stage reads the validation candidates (top 100) of EASE (--preset
 ease-seq) and Mult-VAE, builds the features of their union, cross-fits the classifier (validation score and
 permutation importance over 3,000 users), learns it on all validation pairs and orders the candidates; its seconds and the
-peak memory of this process are reported (targets: < 5 min, < 4 GB). JSON lines go to bench/results/members.jsonl.
+peak memory of this process are reported (targets: < 5 min, < 4 GB). With --recipe the reranker takes that recipe's
+`[rerank]` settings (its feature groups, trees and bags; one carve, since only the validation candidates are made
+here) in place of the defaults and the three feature flags. JSON lines go to bench/results/members.jsonl.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -29,6 +33,7 @@ from measure import PY, ROOT, ensure_full_demo, measure, report  # noqa: E402
 
 from common import rerank  # noqa: E402
 from common.data import Dataset  # noqa: E402
+from common.recipe import load_recipe  # noqa: E402
 
 MEMBERS = {
     "transition": ["--preset", "transition"],  # closed form: its one "epoch" is the fit and its scoring
@@ -58,6 +63,7 @@ def main():
     ap.add_argument("--time-window", type=float, default=0.0, help="the reranker's time features (0: none)")
     ap.add_argument("--follow-steps", type=int, default=0, help="the reranker's follow features (0: none)")
     ap.add_argument("--attributes", action="store_true", help="the reranker's attribute features")
+    ap.add_argument("--recipe", default="", help="take the reranker's settings from this recipe's [rerank] table")
     ap.add_argument("--no-rerank", dest="rerank", action="store_false", help="time the members alone")
     args = ap.parse_args()
     raw = ROOT / "data" / "raw" / "demo-full"
@@ -83,7 +89,11 @@ def main():
                  f"{data}/runs/{run}", "--threads", str(args.threads)])
     ds = Dataset(ROOT / data, "valid")
     rerank.fit_threads(args.threads)
-    cfg = rerank.RerankConfig(time_window=args.time_window, follow_steps=args.follow_steps, attributes=args.attributes)
+    if args.recipe:
+        cfg = dataclasses.replace(load_recipe(Path(args.recipe)).rerank, carves=1, shifted_carves=0)
+    else:
+        cfg = rerank.RerankConfig(time_window=args.time_window, follow_steps=args.follow_steps,
+                                  attributes=args.attributes)
     t0 = time.time()
     c = rerank.build_candidates(files, ds, 100, cfg)
     t1 = time.time()
@@ -96,8 +106,8 @@ def main():
            "cross_fit_seconds": round(t2 - t1, 1), "fit_and_order_seconds": round(t3 - t2, 1),
            "seconds": round(t3 - t0, 1), "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
            "valid_recall@10": round(metrics["recall@10"], 5), "importance": importance[:5]}
-    report("members", {"member": "rerank", "threads": args.threads, "time_window": cfg.time_window,
-                       "follow_steps": cfg.follow_steps, "attributes": cfg.attributes, **row})
+    report("members", {"member": "rerank", "threads": args.threads, "recipe": args.recipe,
+                       "config": dataclasses.asdict(cfg), **row})
     print(json.dumps({"member": "rerank", **row}))
 
 
