@@ -82,6 +82,7 @@ from common.metrics import all_metrics
 RECENT_ITEMS = 5  # history items averaged in recent_cos
 IMPORTANCE_USERS = 3000  # users whose pairs the permutation importance reads
 RELATIVE_CUT = 10  # the place in the user's candidates that the _gap features are measured from: the list scored
+PREDICT_ROWS = 500_000  # pairs scored at once: the classifier copies what it scores to float64
 RELATIVE_OF = ("blend", "item_pop", "item_pop_recent", "near_cos", "recent_cos", "pop_at_last", "pop_in_span",
                "follow_last", "follow_recent")  # besides every <member>_z
 
@@ -229,16 +230,15 @@ def follow_matrix(ds: Dataset, steps: int, normalise: bool = True):
     """Dense [n_items + 1, n_items + 1] float32: row a holds how often each item comes within `steps` steps
     after a in a training sequence, divided by the row's total (rows and column 0 are 0 where empty;
     `normalise=False`: the counts)."""
-    import scipy.sparse as sp
     owner = row_owners(ds.indptr)
-    src, dst = [], []
-    for d in range(1, steps + 1):  # a few offsets, each vectorised over all interactions
-        same = owner[d:] == owner[:-d]
-        src.append(ds.items[:-d][same])
-        dst.append(ds.items[d:][same])
-    src, dst = np.concatenate(src), np.concatenate(dst)
     V = ds.n_items + 1
-    F = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(V, V)).toarray()
+    F = np.zeros(V * V, dtype=np.float32)
+    # one offset at a time, each vectorised over all interactions: the pairs of every offset at once took
+    # 2.5 GB at competition size with 20 steps
+    for d in range(1, steps + 1):
+        same = owner[d:] == owner[:-d]
+        F += np.bincount(ds.items[:-d][same].astype(np.int64) * V + ds.items[d:][same], minlength=V * V)
+    F = F.reshape(V, V)
     if normalise:
         F /= np.maximum(F.sum(1, keepdims=True), 1.0)
     return F
@@ -387,34 +387,30 @@ def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: Re
                      weights: dict[str, float] | None = None) -> Candidates:
     n = min(n, cfg.depth) if cfg.depth else n
     pu, pi, M, names = member_features(groups, ds, n, weights)
+    blocks = []  # float32 as they come: at competition size the float64 blocks and their float64 join took 2 GB
+
+    def add(block: np.ndarray, block_names: list[str]) -> None:
+        blocks.append(block.astype(np.float32, copy=False))
+        names.extend(block_names)
+    add(M, [])
+    del M
     items, item_names = item_features(ds, cfg.recent_share)
-    H, hist_names = history_features(ds, pu, pi, cfg.near_window)
-    blocks, names = [M, items[pi], H], names + item_names + hist_names
+    add(items[pi], item_names)
+    add(*history_features(ds, pu, pi, cfg.near_window))
     if cfg.time_window > 0:
-        T, time_names = time_features(ds, pu, pi, cfg.time_window)
-        blocks.append(T)
-        names += time_names
+        add(*time_features(ds, pu, pi, cfg.time_window))
     if cfg.follow_steps > 0:
-        F, follow_names = follow_features(ds, pu, pi, cfg.follow_steps)
-        blocks.append(F)
-        names += follow_names
+        add(*follow_features(ds, pu, pi, cfg.follow_steps))
     if cfg.fill_steps > 0:
-        L, fill_names = fill_features(ds, pu, pi, cfg.fill_steps)
-        blocks.append(L)
-        names += fill_names
+        add(*fill_features(ds, pu, pi, cfg.fill_steps))
     if cfg.profile:
-        P, profile_names = profile_features(ds, pu, pi, items[:, 0])
-        blocks.append(P)
-        names += profile_names
+        add(*profile_features(ds, pu, pi, items[:, 0]))
     if cfg.attributes:
-        S, attribute_names = attribute_features(ds, pu, pi)
-        blocks.append(S)
-        names += attribute_names
+        add(*attribute_features(ds, pu, pi))
     if cfg.ties:
-        Q, tie_names = tie_features(ds, pu, pi)
-        blocks.append(Q)
-        names += tie_names
-    X = np.concatenate(blocks, axis=1).astype(np.float32)
+        add(*tie_features(ds, pu, pi))
+    X = np.concatenate(blocks, axis=1)
+    del blocks
     if cfg.relative:
         R, relative_names = relative_features(pu, X, names)
         X, names = np.concatenate([X, R], axis=1), names + relative_names
@@ -525,6 +521,17 @@ def fit(c: Candidates, y: np.ndarray, cfg: RerankConfig, rows: np.ndarray | None
     return SummedProba([one(bootstrap_rows(c.users, rows, rng), cfg.seed + b) for b in range(cfg.bags)], 1 / cfg.bags)
 
 
+def probability(model, X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """[len(rows)] the model's probability that each pair of X (its `rows`, default all) is an answer, scored
+    PREDICT_ROWS at a time: a competition-size set at once would take a float64 copy of X (1.4 GB)."""
+    n = len(X) if rows is None else len(rows)
+    out = np.empty(n)
+    for s in range(0, n, PREDICT_ROWS):
+        part = X[s:s + PREDICT_ROWS] if rows is None else X[rows[s:s + PREDICT_ROWS]]
+        out[s:s + PREDICT_ROWS] = model.predict_proba(part)[:, 1]
+    return out
+
+
 def answered_rows(c: Candidates, ds: Dataset) -> np.ndarray:
     """The pairs of users who have answers in `ds` (only they teach the classifier anything)."""
     return np.flatnonzero(np.isin(c.users, ds.eval_users()))
@@ -533,7 +540,7 @@ def answered_rows(c: Candidates, ds: Dataset) -> np.ndarray:
 def rerank(model, c: Candidates, ds: Dataset, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(users [U], top-k items [U, k]) ordered by the classifier; short lists filled with popular items."""
     users = np.unique(c.users)
-    value = model.predict_proba(c.X)[:, 1]
+    value = probability(model, c.X)
     return users, blend_top_k(c.users, c.items, value, ds, k, users)
 
 
@@ -574,7 +581,7 @@ def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
         model = fit(learn, learn_y, cfg, learn_rows[np.isin(learn.users[learn_rows], users[half != h])])
         for j, ((cj, _), value) in enumerate(zip(sets, values)):
             rows = np.flatnonzero(np.isin(cj.users, users[half == h]))
-            value[rows] = model.predict_proba(cj.X[rows])[:, 1]
+            value[rows] = probability(model, cj.X, rows)
             if j == 0:  # the permutation importance reads the first carve
                 models.append((model, rows))
 
@@ -600,6 +607,6 @@ def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
             rows = rows[np.isin(c.users[rows], sample)]
             X = c.X[rows].copy()
             X[:, f] = X[shuffle_rng.permutation(len(X)), f]
-            shuffled[rows] = model.predict_proba(X)[:, 1]
+            shuffled[rows] = probability(model, X)
         importance.append({"feature": name, f"recall@{k} drop": base - recall(shuffled, sample)[f"recall@{k}"]})
     return metrics, sorted(importance, key=lambda r: -r[f"recall@{k} drop"])

@@ -345,6 +345,19 @@ def test_bags_average_classifiers_of_bootstrap_draws(split, tmp_path):
     assert not np.allclose(p[0], p[1]), "the draws differ: the mean is not one classifier"
 
 
+def test_probability_in_chunks_equals_one_call(split, tmp_path, monkeypatch):
+    ds = Dataset(split, "valid")
+    cfg = rerank.RerankConfig(max_iter=20, min_samples_leaf=5, bags=2)
+    c = rerank.build_candidates(groups_for(ds, tmp_path, "v"), ds, N, cfg)
+    model = rerank.fit(c, rerank.labels(c, ds), cfg)
+    whole = model.predict_proba(c.X)[:, 1]
+    monkeypatch.setattr(rerank, "PREDICT_ROWS", 7)  # chunks that do not divide the pairs
+    assert len(c.X) > 7 and len(c.X) % 7
+    assert np.array_equal(rerank.probability(model, c.X), whole)
+    rows = np.flatnonzero(np.arange(len(c.X)) % 3 == 1)
+    assert np.array_equal(rerank.probability(model, c.X, rows), whole[rows])
+
+
 @pytest.mark.parametrize("options", [{}, {"kinds": True}, {"bags": 3, "max_features": 0.5}])
 def test_the_reranker_never_reads_test_answers(split, tmp_path, options):
     """The order given to the test candidates is learned from the validation answers alone: other test
