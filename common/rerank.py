@@ -81,6 +81,7 @@ from common.metrics import all_metrics
 
 RECENT_ITEMS = 5  # history items averaged in recent_cos
 IMPORTANCE_USERS = 3000  # users whose pairs the permutation importance reads
+IMPORTANCE_PAIRS = 200_000  # and about this many pairs at most: fewer users where lists are long or users many
 RELATIVE_CUT = 10  # the place in the user's candidates that the _gap features are measured from: the list scored
 PREDICT_ROWS = 500_000  # pairs scored at once: the classifier copies what it scores to float64
 RELATIVE_OF = ("blend", "item_pop", "item_pop_recent", "near_cos", "recent_cos", "pop_at_last", "pop_in_span",
@@ -564,8 +565,8 @@ def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
               learn_only: list[tuple[Candidates, Dataset]] = ()) -> tuple[dict, list[dict]]:
     """Validation score of the reranker with the users split in two halves (each half scored by a model
     that learned on the other, from `ds`'s answers and those of the `extra` carves), and each feature's
-    permutation importance: the drop in recall@k, over at most `importance_users` of the users (0: none),
-    when the feature's column is shuffled across their pairs.
+    permutation importance: the drop in recall@k, over at most `importance_users` of the users (0: none)
+    holding about IMPORTANCE_PAIRS pairs at most, when the feature's column is shuffled across their pairs.
 
     With `extra` carves the same two models also score each carve's held-out half, and the mean recall@k
     over all carves (the first included, and the `score_only` ones, which are not learned from) comes back
@@ -597,16 +598,20 @@ def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
             [recall(v, users, cj, dj)[f"recall@{k}"] for (cj, dj), v in zip(sets, values)]))
     if importance_users == 0:
         return metrics, []
-    sample = np.sort(rng.choice(users, size=min(importance_users, len(users)), replace=False))
-    base = recall(value, sample)[f"recall@{k}"]
+    per_user = len(c.users) / max(len(np.unique(c.users)), 1)
+    size = min(importance_users, len(users), max(1, int(IMPORTANCE_PAIRS / per_user)))
+    sample = np.sort(rng.choice(users, size=size, replace=False))
+    keep = np.flatnonzero(np.isin(c.users, sample))  # the sample's pairs, and each model's share of them
+    part = Candidates(c.users[keep], c.items[keep], c.X[keep], c.names)
+    base = recall(value[keep], sample, part)[f"recall@{k}"]
+    scorers = [(model, np.flatnonzero(np.isin(keep, rows))) for model, rows in models]
     shuffle_rng = np.random.default_rng(cfg.seed + 1)
     importance = []
     for f, name in enumerate(c.names):
-        shuffled = value.copy()
-        for model, rows in models:
-            rows = rows[np.isin(c.users[rows], sample)]
-            X = c.X[rows].copy()
+        shuffled = value[keep]
+        for model, rows in scorers:
+            X = part.X[rows]
             X[:, f] = X[shuffle_rng.permutation(len(X)), f]
             shuffled[rows] = probability(model, X)
-        importance.append({"feature": name, f"recall@{k} drop": base - recall(shuffled, sample)[f"recall@{k}"]})
+        importance.append({"feature": name, f"recall@{k} drop": base - recall(shuffled, sample, part)[f"recall@{k}"]})
     return metrics, sorted(importance, key=lambda r: -r[f"recall@{k} drop"])

@@ -389,6 +389,20 @@ def test_cross_fit_scores_each_half_with_the_other_halfs_model(split, tmp_path):
     assert sorted(r["feature"] for r in importance) == sorted(c.names)
 
 
+def test_permutation_importance_of_a_constant_column_is_zero_under_any_pair_budget(split, tmp_path, monkeypatch):
+    ds = Dataset(split, "valid")
+    cfg = rerank.RerankConfig(max_iter=20, min_samples_leaf=5)
+    c = rerank.build_candidates(groups_for(ds, tmp_path, "v"), ds, N, cfg)
+    c = rerank.Candidates(c.users, c.items, np.hstack([c.X, np.full((len(c.X), 1), 3.0, np.float32)]),
+                          [*c.names, "constant"])
+    for budget in (rerank.IMPORTANCE_PAIRS, 2 * N):  # all users, then about two users' pairs
+        monkeypatch.setattr(rerank, "IMPORTANCE_PAIRS", budget)
+        _, importance = rerank.cross_fit(c, ds, cfg, 3)
+        drop = {r["feature"]: r["recall@3 drop"] for r in importance}
+        assert set(drop) == set(c.names) and drop["constant"] == 0.0
+        assert any(d != 0.0 for d in drop.values()), "shuffling the features the model reads must move recall"
+
+
 def test_learning_rows_keep_every_answer_and_cut_the_rest_to_max_pairs():
     y = np.zeros(1000, dtype=np.int8)
     y[[3, 50, 400, 999]] = 1
