@@ -8,6 +8,7 @@ Mult-VAE, RecVAE and the cloze model, and the seconds and memory of the reranker
     .venv/bin/python bench/members.py --members --reuse-candidates --time-window 0.05 --follow-steps 5
     .venv/bin/python bench/members.py --members --reuse-candidates --time-window 0.05 --follow-steps 5 --attributes
     .venv/bin/python bench/members.py --members --reuse-candidates --recipe recipes/rerank.toml   # its [rerank] table
+    .venv/bin/python bench/members.py --members --reuse-candidates --recipe recipes/rerank.toml --bags 1
 
 Each member trains --epochs epochs on the validation split (evaluation on the validation answers included in
 each epoch's seconds). The reranker stage reads the validation candidates (top 100) of EASE (--preset
@@ -64,8 +65,11 @@ def main():
     ap.add_argument("--follow-steps", type=int, default=0, help="the reranker's follow features (0: none)")
     ap.add_argument("--attributes", action="store_true", help="the reranker's attribute features")
     ap.add_argument("--recipe", default="", help="take the reranker's settings from this recipe's [rerank] table")
+    ap.add_argument("--bags", type=int, default=0, help="the reranker's bags in place of the recipe's (0: keep)")
     ap.add_argument("--no-rerank", dest="rerank", action="store_false", help="time the members alone")
     args = ap.parse_args()
+    if args.bags < 0:
+        ap.error(f"--bags: at least 1 (0: the recipe's), got {args.bags}")
     raw = ROOT / "data" / "raw" / "demo-full"
     ensure_full_demo(raw)
     data = "data/bench-members"
@@ -94,6 +98,8 @@ def main():
     else:
         cfg = rerank.RerankConfig(time_window=args.time_window, follow_steps=args.follow_steps,
                                   attributes=args.attributes)
+    if args.bags:
+        cfg = dataclasses.replace(cfg, bags=args.bags)
     t0 = time.time()
     c = rerank.build_candidates(files, ds, 100, cfg)
     t1 = time.time()
