@@ -387,13 +387,13 @@ def relative_features(pu: np.ndarray, X: np.ndarray, names: list[str], cut: int 
 def build_candidates(groups: dict[str, list[Path]], ds: Dataset, n: int, cfg: RerankConfig,
                      weights: dict[str, float] | None = None) -> Candidates:
     n = min(n, cfg.depth) if cfg.depth else n
-    pu, pi, M, names = member_features(groups, ds, n, weights)
-    blocks = []  # float32 as they come: at competition size the float64 blocks and their float64 join took 2 GB
+    blocks, names = [], []  # float32 as they come: at competition size the float64 blocks and their join took 2 GB
 
     def add(block: np.ndarray, block_names: list[str]) -> None:
         blocks.append(block.astype(np.float32, copy=False))
         names.extend(block_names)
-    add(M, [])
+    pu, pi, M, member_names = member_features(groups, ds, n, weights)
+    add(M, member_names)
     del M
     items, item_names = item_features(ds, cfg.recent_share)
     add(items[pi], item_names)
@@ -603,12 +603,13 @@ def cross_fit(c: Candidates, ds: Dataset, cfg: RerankConfig, k: int,
     sample = np.sort(rng.choice(users, size=size, replace=False))
     keep = np.flatnonzero(np.isin(c.users, sample))  # the sample's pairs, and each model's share of them
     part = Candidates(c.users[keep], c.items[keep], c.X[keep], c.names)
-    base = recall(value[keep], sample, part)[f"recall@{k}"]
+    sample_value = value[keep]
+    base = recall(sample_value, sample, part)[f"recall@{k}"]
     scorers = [(model, np.flatnonzero(np.isin(keep, rows))) for model, rows in models]
     shuffle_rng = np.random.default_rng(cfg.seed + 1)
     importance = []
     for f, name in enumerate(c.names):
-        shuffled = value[keep]
+        shuffled = sample_value.copy()
         for model, rows in scorers:
             X = part.X[rows]
             X[:, f] = X[shuffle_rng.permutation(len(X)), f]

@@ -13,11 +13,10 @@ import torch
 import torch.nn as nn
 
 from common.checkpoint import CHECKPOINT_VERSION, check_resumable, load_checkpoint
-from common.config import config_from_dict, flat_dict, from_flat, parse_config, save_config
+from common.config import check_settings, config_from_dict, flat_dict, from_flat, parse_config, save_config
 from common.data import Dataset, build_dataset
 from common.io import INTERRUPTED_STATUS, InputError, Interrupted, caused_by_interrupt, deferred_interrupt, run_main
 from common.readers import RawData
-from common.config import check_settings
 from common.trainer import Lazy, Trainer, TrainerConfig, adam, learning_rate
 from common.training import TrainConfig, train_config
 
