@@ -45,7 +45,8 @@ class Ranker:
 def ranker_fit(objective: str, threads: int):
     import lightgbm
 
-    def fit(c: rerank.Candidates, y: np.ndarray, cfg: rerank.RerankConfig, rows: np.ndarray | None = None):
+    def fit(c: rerank.Candidates | rerank.Stacked, y: np.ndarray, cfg: rerank.RerankConfig,
+            rows: np.ndarray | None = None):
         rows = rerank.learning_rows(y, np.arange(len(y)) if rows is None else rows, cfg.max_pairs, cfg.seed)
         u = c.users[rows]  # sorted within each carve: a group is a run of one user
         starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
@@ -53,7 +54,7 @@ def ranker_fit(objective: str, threads: int):
                                     num_leaves=cfg.max_leaf_nodes, min_child_samples=cfg.min_samples_leaf,
                                     reg_lambda=cfg.l2_regularization, lambdarank_truncation_level=TRUNCATION,
                                     random_state=cfg.seed, n_jobs=threads, verbose=-1)
-        return Ranker(model.fit(c.X[rows], y[rows], group=np.diff(np.r_[starts, len(rows)])))
+        return Ranker(model.fit(c.take(rows), y[rows], group=np.diff(np.r_[starts, len(rows)])))
     return fit
 
 
@@ -82,7 +83,7 @@ def main():
             extra.append((rerank.build_candidates(groups(rep, "carves", root, j), carve, 100, cfg, w), carve))
         for objective in args.objective:
             rerank.fit = ranker_fit(objective, args.threads)  # the one model swapped; the rest is the recipe's
-            users, top = rerank.learn_and_order([(cv, valid), *extra], ct, test, cfg, 10)
+            users, top = rerank.learn_and_order(rerank.learning_set([(cv, valid), *extra], cfg), ct, test, cfg, 10)
             cross = rerank.cross_fit(cv, valid, cfg, 10, 0, extra)[0]
             report("rerank_lambdarank", {"split": seed, "objective": objective,
                                          "valid_cross_fitted": round(cross["recall@10"], 4),

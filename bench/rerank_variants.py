@@ -141,7 +141,8 @@ def main():
             randoms = [carve_set(j) for j in range(2, plain + 1)]  # the variant learns from its first cfg.carves - 1
             extra, scored = randoms[:cfg.carves - 1], randoms[cfg.carves - 1:]
             learn_only = [carve_set(fitted - shifted + m) for m in range(1, cfg.shifted_carves + 1)]
-            users, top = rerank.learn_and_order([(cv, valid), *extra, *learn_only], ct, test, cfg, 10)
+            users, top = rerank.learn_and_order(rerank.learning_set([(cv, valid), *extra, *learn_only], cfg), ct, test,
+                                                  cfg, 10)
             cross = rerank.cross_fit(cv, valid, cfg, 10, 0, extra, scored, learn_only)[0]
             report("rerank_variants", {"split": seed, "variant": name,
                                        "valid_cross_fitted": round(cross["recall@10"], 4),

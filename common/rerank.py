@@ -135,6 +135,30 @@ class Candidates:
     X: np.ndarray  # [P, F] float32 features
     names: list[str]  # [F]
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.X[rows]
+
+
+@dataclass
+class Stacked:
+    """Several candidate sets read as one learning set, their feature matrices left where they are: a
+    classifier reads only the rows it learns from (`take`), at most max_pairs of them, where a copy of every
+    set's features would cost gigabytes at competition size."""
+    users: np.ndarray  # [P] the sets' users, one after the other
+    items: np.ndarray  # [P] their items
+    parts: list[np.ndarray]  # each set's X
+    starts: np.ndarray  # [S + 1] each set's first row, and the total
+    names: list[str]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The feature rows `rows` (in that order) of the sets read as one: [len(rows), F] float32."""
+        part = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((len(rows), len(self.names)), np.float32)
+        for j, X in enumerate(self.parts):
+            at = np.flatnonzero(part == j)
+            out[at] = X[rows[at] - self.starts[j]]
+        return out
+
 
 def member_features(groups: dict[str, list[Path]], ds: Dataset, n: int, weights: dict[str, float] | None = None):
     """Union of the candidate pairs of every member (its seed runs' files) and their member features; with
@@ -454,19 +478,17 @@ def labels(c: Candidates, ds: Dataset, kinds: bool = False) -> np.ndarray:
     return y
 
 
-def stack(sets: list[tuple[Candidates, Dataset]], kinds: bool = False) -> tuple[Candidates, np.ndarray, np.ndarray]:
-    """The candidates of several (candidates, dataset) pairs as one learning set: (candidates, labels from
-    each pair's own answers, the rows of answered users)."""
+def stack(sets: list[tuple[Candidates, Dataset]], kinds: bool = False) -> tuple[Stacked, np.ndarray, np.ndarray]:
+    """The candidates of several (candidates, dataset) pairs as one learning set: (the sets read as one,
+    labels from each pair's own answers, the rows of answered users)."""
     y = np.concatenate([labels(c, ds, kinds) for c, ds in sets])
-    rows, start = [], 0
-    for c, ds in sets:
-        rows.append(start + answered_rows(c, ds))
-        start += len(c.users)
+    starts = np.cumsum([0] + [len(c.users) for c, _ in sets])
+    rows = np.concatenate([start + answered_rows(c, ds) for start, (c, ds) in zip(starts, sets)])
     c0 = sets[0][0]
     assert all(c.names == c0.names for c, _ in sets), "candidate sets with different features"
-    stacked = Candidates(np.concatenate([c.users for c, _ in sets]), np.concatenate([c.items for c, _ in sets]),
-                         np.concatenate([c.X for c, _ in sets]), c0.names)
-    return stacked, y, np.concatenate(rows)
+    stacked = Stacked(np.concatenate([c.users for c, _ in sets]), np.concatenate([c.items for c, _ in sets]),
+                      [c.X for c, _ in sets], starts, c0.names)
+    return stacked, y, rows
 
 
 def learning_rows(y: np.ndarray, rows: np.ndarray, max_pairs: int, seed: int) -> np.ndarray:
@@ -499,7 +521,7 @@ def bootstrap_rows(users: np.ndarray, rows: np.ndarray, rng: np.random.Generator
     return np.repeat(rows, draws[owner])
 
 
-def fit(c: Candidates, y: np.ndarray, cfg: RerankConfig, rows: np.ndarray | None = None):
+def fit(c: Candidates | Stacked, y: np.ndarray, cfg: RerankConfig, rows: np.ndarray | None = None):
     """A classifier of the answers among the candidate pairs (`rows`: a subset to learn from, cut to
     `cfg.max_pairs`); with cfg.kinds (`y` from labels(kinds=True)), one per kind of answer, summed; with
     cfg.bags > 1, that many, each from a bootstrap draw of the users, averaged."""
@@ -510,7 +532,7 @@ def fit(c: Candidates, y: np.ndarray, cfg: RerankConfig, rows: np.ndarray | None
                                                max_leaf_nodes=cfg.max_leaf_nodes, min_samples_leaf=cfg.min_samples_leaf,
                                                l2_regularization=cfg.l2_regularization, max_features=cfg.max_features,
                                                early_stopping=False, random_state=seed)
-        return model.fit(c.X[rows], target[rows])
+        return model.fit(c.take(rows), target[rows])
 
     def one(rows: np.ndarray, seed: int):
         if cfg.kinds:
@@ -545,12 +567,22 @@ def rerank(model, c: Candidates, ds: Dataset, k: int) -> tuple[np.ndarray, np.nd
     return users, blend_top_k(c.users, c.items, value, ds, k, users)
 
 
-def learn_and_order(learn: list[tuple[Candidates, Dataset]], c: Candidates, ds: Dataset, cfg: RerankConfig,
+def learning_set(sets: list[tuple[Candidates, Dataset]], cfg: RerankConfig) -> tuple[Candidates, np.ndarray]:
+    """What a classifier learns from: the answered users' pairs of every (candidates, dataset) pair of `sets`,
+    labelled by that pair's own answers and cut to cfg.max_pairs as `fit` cuts them, copied out of the sets:
+    (candidates, labels). `fit` on it learns what it would on the sets themselves, and the sets' feature
+    matrices can be let go once it is made (at competition size each is about 0.8 GB)."""
+    stacked, y, rows = stack(sets, cfg.kinds)
+    keep = learning_rows(y, rows, cfg.max_pairs, cfg.seed)
+    return Candidates(stacked.users[keep], stacked.items[keep], stacked.take(keep), stacked.names), y[keep]
+
+
+def learn_and_order(learning: tuple[Candidates, np.ndarray], c: Candidates, ds: Dataset, cfg: RerankConfig,
                     k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Learn the classifier on the candidates of each pair of `learn` against that pair's answers, then order
-    the candidates `c` of `ds`: (users [U], top-k items [U, k])."""
-    stacked, y, rows = stack(learn, cfg.kinds)
-    return rerank(fit(stacked, y, cfg, rows), c, ds, k)
+    """Learn the classifier on a `learning_set`, then order the candidates `c` of `ds`: (users [U], top-k
+    items [U, k])."""
+    learned, y = learning
+    return rerank(fit(learned, y, cfg), c, ds, k)
 
 
 def score(top: np.ndarray, users: np.ndarray, ds: Dataset, k: int) -> dict:

@@ -370,10 +370,11 @@ def test_the_reranker_never_reads_test_answers(split, tmp_path, options):
     apply = {n: [{"candidates": str(p)} for p in ps] for n, ps in groups_for(test, tmp_path, "t").items()}
     learn_c = rerank_candidates(recipe, learn, valid, weights)
     apply_c = rerank_candidates(recipe, apply, test, weights)
-    users, top, metrics, _ = rerank_stage(recipe, [(learn_c, valid)], (apply_c, test))
+    learning = rerank.learning_set([(learn_c, valid)], recipe.rerank)
+    users, top, metrics, _ = rerank_stage(recipe, learning, (apply_c, test))
     other = Dataset(split, "test")
     other.ans_items = np.random.default_rng(5).integers(1, other.n_items + 1, size=len(other.ans_items))
-    users2, top2, metrics2, _ = rerank_stage(recipe, [(learn_c, valid)], (apply_c, other))
+    users2, top2, metrics2, _ = rerank_stage(recipe, learning, (apply_c, other))
     assert np.array_equal(users, users2) and np.array_equal(top, top2)
     assert metrics != metrics2, "the test answers did change: the test must be able to fail"
     seen = [set(test.sequence(u).tolist()) for u in users]
@@ -459,6 +460,27 @@ def test_stack_labels_each_set_by_its_own_answers(split, tmp_path):
     assert len(c.users) == len(cv.users) + len(ct.users) and c.names == cv.names
     assert y.tolist() == rerank.labels(cv, valid).tolist() + rerank.labels(ct, test).tolist()
     assert rows.tolist() == rerank.answered_rows(cv, valid).tolist() + (len(cv.users) + rerank.answered_rows(ct, test)).tolist()
+    whole = np.concatenate([cv.X, ct.X])  # what the stacked sets read as, without that copy being made
+    picked = np.random.default_rng(0).integers(len(whole), size=50)  # unsorted, some repeated, both sets
+    np.testing.assert_array_equal(c.take(picked), whole[picked])
+    np.testing.assert_array_equal(c.take(rows), whole[rows])
+
+
+@pytest.mark.parametrize("options", [{}, {"max_pairs": 300}, {"max_pairs": 300, "bags": 2}, {"kinds": True}])
+def test_a_learning_set_teaches_what_its_sets_do(split, tmp_path, options):
+    """The learning set copied out of the candidate sets (so that they can be let go) gives the classifier that
+    the sets themselves give: the same pairs, cut to max_pairs the same way, the same bootstrap draws."""
+    valid, test = Dataset(split, "valid"), Dataset(split, "test")
+    cfg = rerank.RerankConfig(max_iter=20, min_samples_leaf=5, **options)
+    cv = rerank.build_candidates(groups_for(valid, tmp_path, "v"), valid, N, cfg)
+    ct = rerank.build_candidates(groups_for(test, tmp_path, "t"), test, N, cfg)
+    sets = [(ct, test), (cv, valid)]
+    stacked, y, rows = rerank.stack(sets, cfg.kinds)
+    learned, labels = rerank.learning_set(sets, cfg)
+    assert len(labels) == min(len(rows), cfg.max_pairs)  # the answered users' pairs, cut to max_pairs
+    assert (labels > 0).sum() == (y[rows] > 0).sum()  # every answer kept, whatever the cut
+    want = rerank.fit(stacked, y, cfg, rows).predict_proba(cv.X)
+    np.testing.assert_array_equal(rerank.fit(learned, labels, cfg).predict_proba(cv.X), want)
 
 
 def test_shifted_carves_are_carved_as_the_data_stood_one_holdout_earlier(tmp_path):

@@ -290,6 +290,18 @@ def test_shipped_recipes_parse():
     assert {p.name for p in (ROOT / "recipes").glob("*.toml")} >= {"default.toml", "gpu.toml", "demo.toml"}
 
 
+def test_the_gpu_members_recipe_makes_the_runs_that_gpu_rerank_reuses():
+    """bench/gpu_members.sh trains recipes/gpu-rerank-seq.toml on a GPU machine; recipes/gpu-rerank.toml reuses
+    those runs only if every run key agrees: member names, flags, seeds, k, candidates, train args, carves."""
+    seq, full = load_recipe(ROOT / "recipes" / "gpu-rerank-seq.toml"), load_recipe(ROOT / "recipes" / "gpu-rerank.toml")
+    by_name = {m.name: m for m in full.members}
+    for m in seq.members:
+        assert m.name in by_name and (m.args, m.seeds, m.grid) == (by_name[m.name].args, by_name[m.name].seeds,
+                                                                  by_name[m.name].grid), m.name
+    assert (seq.k, seq.candidates, seq.train_args, seq.blend) == (full.k, full.candidates, full.train_args, full.blend)
+    assert (seq.rerank.carves, seq.rerank.shifted_carves) == (full.rerank.carves, full.rerank.shifted_carves)
+
+
 def test_meta_records_the_split_shape(tmp_path):
     build_dataset(random_raw(), tmp_path / "m", 3, 2, seed=5, validation=True, cutoff=0.8)
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
