@@ -243,9 +243,7 @@ def rerank_candidates(recipe: Recipe, runs: dict[str, list[dict]], ds: Dataset, 
 def rerank_stage(recipe: Recipe, learning: tuple[Candidates, np.ndarray], apply: tuple[Candidates, Dataset]):
     """Learn the reranker on a learning set (`rerank.learning_set` of the candidates and answers it learns
     from), then order the candidates of `apply`. Returns (users [U], top-k [U, k], metrics on `apply`'s
-    answers or {}, seconds)."""
-    t0 = time.time()
+    answers or {})."""
     target, ds = apply
     users, top = rerank.learn_and_order(learning, target, ds, recipe.rerank, recipe.k)
-    metrics = rerank.score(top, users, ds, recipe.k) if ds.has_holdout else {}
-    return users, top, metrics, round(time.time() - t0, 1)
+    return users, top, rerank.score(top, users, ds, recipe.k) if ds.has_holdout else {}

@@ -371,10 +371,10 @@ def test_the_reranker_never_reads_test_answers(split, tmp_path, options):
     learn_c = rerank_candidates(recipe, learn, valid, weights)
     apply_c = rerank_candidates(recipe, apply, test, weights)
     learning = rerank.learning_set([(learn_c, valid)], recipe.rerank)
-    users, top, metrics, _ = rerank_stage(recipe, learning, (apply_c, test))
+    users, top, metrics = rerank_stage(recipe, learning, (apply_c, test))
     other = Dataset(split, "test")
     other.ans_items = np.random.default_rng(5).integers(1, other.n_items + 1, size=len(other.ans_items))
-    users2, top2, metrics2, _ = rerank_stage(recipe, learning, (apply_c, other))
+    users2, top2, metrics2 = rerank_stage(recipe, learning, (apply_c, other))
     assert np.array_equal(users, users2) and np.array_equal(top, top2)
     assert metrics != metrics2, "the test answers did change: the test must be able to fail"
     seen = [set(test.sequence(u).tolist()) for u in users]
