@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from common.config import parse_config, save_config, setting
 from common.data import SPLITS, Dataset, split_suffix
@@ -24,6 +26,7 @@ from common.metrics import all_metrics
 from common.checkpoint import check_dataset_matches, load_checkpoint
 from common.recommend import build_recommender, top_k
 from common.submission import data_source, source_path, write_ranked
+from common.trainer import autocast_dtype
 from common.utils import pick_device
 
 
@@ -39,6 +42,8 @@ class InferenceConfig:
     batch_size: int = setting(512, "users scored at once", ge=1)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     threads: int = setting(0, "CPU threads (0: one per core)", ge=0)
+    amp: str = setting("off", "bf16 autocast of a sequence model's encoder (sasrec, cloze); the last position's "
+                              "projections and the score product stay in float64", choices=("off", "bf16"))
 
 
 def main():
@@ -54,14 +59,19 @@ def main():
     if n > ds.n_items:
         raise InputError(f"--k/--candidates {n} exceeds the {ds.n_items} items of {ds.root}")
     run = ckpt_path.parent.name + split_suffix(cfg.split)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)  # before the scoring: an unusable path fails at once
     device = pick_device(cfg.device, cfg.threads)
     rec = build_recommender(ckpt, ds, device)
+    amp = autocast_dtype(cfg.amp, device)
+    if amp and not getattr(rec, "encoder_autocast", False):
+        raise InputError(f"--amp {cfg.amp}: {ckpt['model_type']} scores in full precision only; "
+                         "bf16 applies to the sequence models (sasrec, cloze)")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # before the scoring: an unusable path fails at once
 
     t0 = time.time()
     users = np.arange(ds.n_users)
-    ids, scores = top_k(rec, ds, users, n, cfg.batch_size, progress=True)
+    with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+        ids, scores = top_k(rec, ds, users, n, cfg.batch_size, progress=True)
     seconds = time.time() - t0
 
     short = ~np.isfinite(scores[:, :cfg.k]).all(axis=1)

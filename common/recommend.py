@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from common.config import setting
-from common.data import Dataset, pad_rows, row_owners, same_row_pairs
+from common.data import Dataset, pad_rows, row_owners, row_positions, same_row_pairs
 from common.io import InputError
 from common.metrics import all_metrics
 from common.model import SASRec
@@ -34,7 +34,7 @@ class PopRecommender:
         return {"counts": torch.from_numpy(np.bincount(ds.items, minlength=ds.n_items + 1)).float()}
 
     def score(self, users: np.ndarray) -> torch.Tensor:
-        return self.counts.expand(len(users), -1)  # [B, V]
+        return self.counts.repeat(len(users), 1)  # [B, V], a fresh tensor (top_k writes into it)
 
 
 GRAM_BLOCK = 2048  # columns of X^T X computed at once
@@ -183,7 +183,10 @@ def sparse_times_dense(x, B: torch.Tensor) -> torch.Tensor:
 
 
 class SASRecRecommender:
-    """Scores from the hidden state at the last position of each user's latest max_len items."""
+    """Scores from the hidden state at the last position of each user's latest max_len items. Its encoder may
+    run under bf16 autocast (encoder_autocast): the top block's last-position projections and the score
+    product are float64, which autocast leaves alone, so the scores stay independent of the batch size."""
+    encoder_autocast = True
 
     def __init__(self, model: SASRec, ds: Dataset, device: torch.device):
         self.model, self.ds, self.device = model, ds, device
@@ -245,21 +248,29 @@ def build_recommender(ckpt: dict, ds: Dataset, device: torch.device):
     return model_module(ckpt["model_type"]).recommender(ckpt, ds, device)
 
 
+def mask_seen(scores: torch.Tensor, ds: Dataset, users: np.ndarray) -> None:
+    """Set -inf, in place, on each user's training items and on padding (item 0) in scores [B, V]: one write
+    per seen pair through flat indices, so a batch's long histories cost nothing for its short ones."""
+    pos, count = row_positions(ds.indptr, users)
+    flat = np.repeat(np.arange(len(users), dtype=np.int64) * scores.size(1), count) + ds.items[pos]
+    scores.view(-1)[torch.from_numpy(flat).to(scores.device)] = float("-inf")
+    scores[:, 0] = float("-inf")
+
+
 @torch.no_grad()
 def top_k(rec, ds: Dataset, users: np.ndarray, k: int, batch_size: int = 1024, progress: bool = False):
     """Top-k dense item ids and scores per user, seen items and padding excluded.
 
-    Returns (ids [U, k] int64, scores [U, k] float32), items in rank order.
+    Returns (ids [U, k] int64, scores [U, k] float32), items in rank order. `rec.score` returns a fresh
+    [B, V] tensor for each batch: the masking writes into it.
     """
     ids = np.zeros((len(users), k), dtype=np.int64)
     scores = np.zeros((len(users), k), dtype=np.float32)
     starts = range(0, len(users), batch_size)
     for s in tqdm(starts, desc="scoring", disable=not progress, unit="batch"):
         batch = users[s:s + batch_size]
-        sc = rec.score(batch).float().clone()  # [B, V]
-        seen = torch.from_numpy(pad_rows(ds.indptr, ds.items, batch)).to(sc.device)  # [B, S], 0-padded
-        sc.scatter_(1, seen, float("-inf"))
-        sc[:, 0] = float("-inf")
+        sc = rec.score(batch).float().contiguous()  # [B, V]
+        mask_seen(sc, ds, batch)
         top = torch.topk(sc, k, dim=1)
         ids[s:s + len(batch)] = top.indices.cpu().numpy()
         scores[s:s + len(batch)] = top.values.cpu().numpy()

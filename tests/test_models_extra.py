@@ -303,6 +303,38 @@ def test_top_k_masks_padding_and_seen_even_when_they_score_highest(ease_ds):
         assert scores[u].tolist() == [-float(i) for i in unseen[:2]]
 
 
+def test_mask_seen_writes_minus_inf_on_seen_items_and_padding_alone(ease_ds):
+    users = np.array([6, 0, 2, 2, 4])  # any order, a user twice
+    scores = torch.arange(len(users) * (EASE_N + 1), dtype=torch.float32).view(len(users), -1)
+    before = scores.clone()
+    recommend.mask_seen(scores, ease_ds, users)
+    for r, u in enumerate(users):
+        seen = set(ease_ds.sequence(int(u)).tolist()) | {0}
+        for i in range(EASE_N + 1):
+            expected = float("-inf") if i in seen else before[r, i].item()
+            assert scores[r, i].item() == expected, (u, i)
+
+
+def test_bf16_encoder_scores_stay_close_and_independent_of_the_batch_size():
+    ds = Dataset.__new__(Dataset)  # a stand-in with what SASRecRecommender and top_k read
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 12, 40)
+    ds.indptr = np.concatenate([[0], np.cumsum(lengths)])
+    ds.items = np.concatenate([rng.choice(np.arange(1, 21), n, replace=False) for n in lengths])
+    model = tiny_model(layers=2, max_len=8)
+    rec = recommend.SASRecRecommender(model, ds, torch.device("cpu"))
+    users = np.arange(len(lengths))
+    full_ids, full_scores = top_k(rec, ds, users, 5, batch_size=7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        runs = [top_k(rec, ds, users, 5, batch_size=b) for b in (1, 7, 64)]
+    for ids, scores in runs[1:]:  # the same bits whatever the batch size
+        assert np.array_equal(ids, runs[0][0]) and np.array_equal(scores, runs[0][1])
+    ids, scores = runs[0]
+    assert not np.array_equal(scores, full_scores), "autocast did not reach the encoder"
+    np.testing.assert_allclose(scores, full_scores, rtol=0.05, atol=0.05)
+    assert (ids[:, 0] == full_ids[:, 0]).mean() >= 0.9
+
+
 # ---------------------------------------------------------------- full softmax (ce)
 
 def tiny_model(n_items: int = 20, **kw) -> SASRec:
