@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common.config import parse_config, save_config, setting
 from common.data import SPLITS, Dataset, split_suffix
@@ -26,8 +24,7 @@ from common.metrics import all_metrics
 from common.checkpoint import check_dataset_matches, load_checkpoint
 from common.recommend import build_recommender, top_k
 from common.submission import data_source, source_path, write_ranked
-from common.trainer import autocast_dtype
-from common.utils import pick_device
+from common.utils import autocast, pick_device
 
 
 @dataclass
@@ -61,8 +58,7 @@ def main():
     run = ckpt_path.parent.name + split_suffix(cfg.split)
     device = pick_device(cfg.device, cfg.threads)
     rec = build_recommender(ckpt, ds, device)
-    amp = autocast_dtype(cfg.amp, device)
-    if amp and not getattr(rec, "encoder_autocast", False):
+    if cfg.amp != "off" and not getattr(rec, "encoder_autocast", False):
         raise InputError(f"--amp {cfg.amp}: {ckpt['model_type']} scores in full precision only; "
                          "bf16 applies to the sequence models (sasrec, cloze)")
     out = Path(cfg.out_dir)
@@ -70,7 +66,7 @@ def main():
 
     t0 = time.time()
     users = np.arange(ds.n_users)
-    with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+    with autocast(cfg.amp, device):
         ids, scores = top_k(rec, ds, users, n, cfg.batch_size, progress=True)
     seconds = time.time() - t0
 

@@ -21,7 +21,6 @@ import argparse
 import json
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,7 +35,8 @@ from common.data import Dataset  # noqa: E402
 from common.io import read_json  # noqa: E402
 from common.losses import LOSSES  # noqa: E402
 from common.registry import model_module  # noqa: E402
-from common.trainer import adam, autocast_dtype  # noqa: E402
+from common.trainer import adam  # noqa: E402
+from common.utils import autocast  # noqa: E402
 from common.training import PRESETS, TrainConfig  # noqa: E402
 from common.utils import optimizer_step, pick_device, set_seed  # noqa: E402
 
@@ -121,13 +121,12 @@ def main():
     if args.compile:
         model.forward = torch.compile(model.forward)  # compiled during the warm-up steps
     opt = adam(model, cfg.trainer.lr, cfg.trainer.weight_decay, device)
-    amp = autocast_dtype(cfg.trainer.amp, device)
     batches = task.batches(0)
     n_steps = len(batches)
     it = iter(batches)
 
     def step(batch):
-        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+        with autocast(cfg.trainer.amp, device):
             loss = task.loss(batch)
         loss = loss[0] if isinstance(loss, tuple) else loss
         optimizer_step(opt, loss, "profile", None, check=False)

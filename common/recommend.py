@@ -21,6 +21,7 @@ from common.io import InputError
 from common.metrics import all_metrics
 from common.model import SASRec
 from common.registry import model_module
+from common.utils import autocast
 
 
 class PopRecommender:
@@ -212,8 +213,10 @@ class RecommenderTask:
     recommender_cls: type
 
     def evaluate(self, kept: torch.nn.Module) -> dict:
-        return evaluate(self.recommender_cls(kept, self.ds, self.device), self.ds, self.cfg.trainer.k,
-                        self.cfg.trainer.eval_batch_size)
+        """Metrics of `kept` on the local answers; a sequence encoder runs under the training's --amp."""
+        rec = self.recommender_cls(kept, self.ds, self.device)
+        with autocast(self.cfg.trainer.amp if getattr(rec, "encoder_autocast", False) else "off", self.device):
+            return evaluate(rec, self.ds, self.cfg.trainer.k, self.cfg.trainer.eval_batch_size)
 
     def checkpoint(self, kept: torch.nn.Module) -> dict:
         return {"model_type": self.model_type, "model_args": dataclasses.asdict(self.args),

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -45,7 +44,7 @@ from common.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from common.data import Dataset
 from common.distributed import World, data_parallel, from_main, mean_over_ranks, rank_stream, shard, shardable
 from common.io import InputError, Interrupted, append_jsonl, deferred_interrupt, keep_epochs_before
-from common.utils import check_finite, optimizer_step
+from common.utils import autocast, autocast_dtype, check_finite, optimizer_step
 
 GPU_CHECK_EVERY = 100  # steps between loss checks on CUDA, where reading the loss waits for the GPU
 SCHEDULES = ("constant", "cosine")
@@ -76,9 +75,10 @@ class TrainerConfig:
     eval_batch_size: int = setting(1024, ge=1)
     seed: int = setting(42, ge=0)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
-    amp: str = setting("off", "bf16 autocast of the training step (off: full precision; at this project's model sizes "
-                              "bf16 measured no faster on an H200, far slower on CPUs without a bf16 unit, and on one "
-                              "with AMX a sixth off a step for 2.6 times the memory)",
+    amp: str = setting("off", "bf16 autocast of the training step and of a sequence model's encoder in the epoch's "
+                              "evaluation (off: full precision; at this project's model sizes bf16 measured no "
+                              "faster on an H200, far slower on CPUs without a bf16 unit, and on one with AVX-512 "
+                              "BF16 a quarter off a default SASRec epoch)",
                        choices=("off", "bf16"))
     check_every: int = setting(0, "steps between checks that the loss is finite (0: every step on CPU, 100 on "
                                   "CUDA, where each check waits for the GPU)", ge=0)
@@ -129,15 +129,6 @@ def adam(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.d
     with deferred_interrupt():
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay,
                                 fused=device.type in ("cpu", "cuda"))
-
-
-def autocast_dtype(amp: str, device: torch.device):
-    """The autocast dtype of --amp on `device`, or None for full precision."""
-    if amp != "bf16":
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise InputError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --amp off")
-    return torch.bfloat16
 
 
 class Trainer:
@@ -220,7 +211,7 @@ class Trainer:
                         rate = learning_rate(cfg, epoch, steps, n_steps)
                         for group in opt.param_groups:
                             group["lr"] = rate
-                        with torch.autocast(self.device.type, dtype=amp) if amp else nullcontext():
+                        with autocast(cfg.amp, self.device):
                             loss = step_loss(batch)
                         loss, named = loss if isinstance(loss, tuple) else (loss, {})
                         where = f"{task.label}epoch {epoch} step {steps}" + (f" ({json.dumps(named)})" if named else "")

@@ -46,6 +46,24 @@ def pick_device(name: str = "auto", threads: int = 0):
     return device
 
 
+def autocast_dtype(amp: str, device):
+    """The autocast dtype of --amp on `device`, or None for full precision."""
+    import torch
+    if amp != "bf16":
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise InputError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --amp off")
+    return torch.bfloat16
+
+
+def autocast(amp: str, device):
+    """The context --amp asks for on `device`: bf16 autocast, or nothing."""
+    import torch
+    from contextlib import nullcontext
+    dtype = autocast_dtype(amp, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
 def check_finite(value: float, where: str, kept) -> None:
     """Raise TrainingError for a NaN or infinite loss `value`, naming `where` it happened and the last good
     checkpoint `kept` (a path, or none when it does not exist yet)."""
