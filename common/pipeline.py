@@ -48,23 +48,29 @@ NORM = "zscore"  # per-user score normalisation of the blend
 def run_child(argv: list[str], log: Path) -> dict:
     """Run `python argv` in the repository root with its output appended to `log`.
 
-    Returns wall seconds and the child's own peak resident memory; a failure is one line with the
-    child's last message and the log's path."""
+    Returns wall seconds and the child's own peak resident memory (started through common.launch, so that
+    it does not inherit this process's); a failure is one line with the child's last message and the
+    log's path."""
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with open(log, "a") as f:
+    read, write = os.pipe()
+    with open(log, "a") as f, os.fdopen(read, "rb") as peak:
         f.write(f"$ python {' '.join(map(str, argv))}\n")
         f.flush()
-        p = subprocess.Popen([sys.executable, *map(str, argv)], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            p = subprocess.Popen([sys.executable, "-m", "common.launch", str(write), *map(str, argv)], cwd=ROOT,
+                                 stdout=f, stderr=subprocess.STDOUT, pass_fds=(write,),
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        finally:
+            os.close(write)  # the launcher holds its own copy: the read ends when it exits
+        p.wait()
+        peak_kb = int(peak.read() or 0)
     if p.returncode != 0:
         lines = [x for x in log.read_text().splitlines() if x.strip()]
         errors = [x for x in lines if x.startswith("error:")]
         last = errors[-1] if errors else (lines[-1] if lines else "no output")
         raise InputError(f"{argv[0]} failed (exit {p.returncode}): {last.removeprefix('error: ')} [log: {log}]")
-    return {"seconds": round(time.time() - t0, 2), "peak_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {"seconds": round(time.time() - t0, 2), "peak_mb": round(peak_kb / 1024, 1)}
 
 
 def last_json(text: str) -> dict:

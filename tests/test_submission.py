@@ -3,6 +3,7 @@ runs, choices that never read the test answers, and runs of another split that a
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +268,21 @@ def test_write_csv_gives_the_text_of_pandas_to_csv(tmp_path, monkeypatch):
     assert (tmp_path / "fast.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
     common.io.write_csv(tmp_path / "empty.csv", {"user": np.zeros(0, np.int64), "item": np.zeros(0, np.int64)})
     assert (tmp_path / "empty.csv").read_text() == "user,item\n"
+
+
+def test_a_child_step_reports_its_own_peak_not_the_parents(tmp_path):
+    """A process started straight from this one would inherit its memory high-water mark at exec."""
+    from common.io import InputError
+    from common.pipeline import run_child
+    big = np.ones(600_000_000 // 8)  # this process's high-water mark: at least 600 MB
+    big += 1
+    del big
+    res = run_child(["-c", "import numpy as np; a = np.ones(150_000_000 // 8); a += 1"], tmp_path / "log.txt")
+    assert 150 < res["peak_mb"] < 400, res
+    small = run_child(["-c", "pass"], tmp_path / "log.txt")
+    assert 0 < small["peak_mb"] < 100, small
+    with pytest.raises(InputError, match=r"exit 3\).*went wrong"):
+        run_child(["-c", "import sys; print('error: went wrong'); sys.exit(3)"], tmp_path / "fails.txt")
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        with pytest.raises(InputError, match=rf"exit -{int(sig)}\)"):
+            run_child(["-c", f"import os; os.kill(os.getpid(), {int(sig)})"], tmp_path / f"killed-{int(sig)}.txt")

@@ -1,0 +1,35 @@
+"""Run `python ARGV...` as a child of this small process; write the child's peak resident memory (KB) to file
+descriptor FD and exit as it did.
+
+    python -m common.launch FD 02_train.py --data ...
+
+Linux keeps a process's memory high-water mark across exec, so a child started straight from a large process
+(the submission, after its reranker stage) reports at least that process's peak as its own; forked from
+here, the child's record starts from this process's few megabytes.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def main() -> None:
+    fd, argv = int(sys.argv[1]), sys.argv[2:]
+    pid = os.fork()
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, *argv])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which decides how to end
+    _, status, usage = os.wait4(pid, 0)
+    os.write(fd, str(usage.ru_maxrss).encode())
+    os.close(fd)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # ended by a signal: end by the same one
+        if -code != signal.SIGKILL:  # the one signal whose handler cannot be set
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
