@@ -27,8 +27,8 @@ from common.config import parse_config, save_config, setting
 from common.data import Dataset
 from common.io import InputError, read_json, run_main
 from common import rerank
-from common.pipeline import (Runner, blend_runs, refit_flags, rerank_candidates, rerank_stage, tune_member,
-                             tune_weights)
+from common.pipeline import (WEIGHTS_KEPT, Runner, blend_runs, refit_flags, rerank_candidates, rerank_stage,
+                             tune_member, tune_weights)
 from common.readers import FORMATS
 from common.recipe import TUNE, load_recipe
 from common.report import write_report
@@ -53,6 +53,10 @@ class SubmissionConfig:
                                                         "(--no-final: stop after the test score)"})
     threads: int = setting(0, "CPU threads per run (0: one per core)", ge=0)
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    keep_weights: str = field(default="final", metadata={
+        "choices": WEIGHTS_KEPT, "help": "whose checkpoints stay once this call finishes a run (its candidates "
+                                         "written): all runs, the final refits alone (the default), or none; a "
+                                         "later call reuses a finished run by its candidates, never its weights"})
 
     RULES = ((lambda c: c.holdout_cutoff > 0 or c.holdout_last + c.holdout_random > 0,
               "--holdout-last and --holdout-random are both 0: nothing to hold out"),)
@@ -75,7 +79,7 @@ def main():
     data_dir, out_dir = Path(cfg.data_dir), Path(cfg.out_dir)
     split_root, full_root = data_dir / f"{name}-split", data_dir / f"{name}-full"
     report_dir = out_dir / f"{name}-report"
-    runner = Runner(recipe, cfg.threads, cfg.device)
+    runner = Runner(recipe, cfg.threads, cfg.device, cfg.keep_weights)
     rerank.fit_threads(cfg.threads)  # the reranker, the one model fitted in this process, uses the same threads
     k = recipe.k
 

@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]  # the numbered scripts live here
 STEP_FILE = "step.json"  # written when a run's training and inference are both done
 TRAINED_FILE = "trained.json"  # written when a run's training is done
 NORM = "zscore"  # per-user score normalisation of the blend
+WEIGHTS_KEPT = ("all", "final", "none")  # whose checkpoints a finished run keeps (06_submission.py --keep-weights)
+WEIGHT_FILES = ("checkpoint.pt", "last.pt")
 
 
 def run_child(argv: list[str], log: Path) -> dict:
@@ -92,8 +94,8 @@ def read_curve(run_dir: Path, k: int) -> list[dict]:
 class Runner:
     """Runs the members' fits and inferences, reusing what is done; `steps` logs every child process."""
 
-    def __init__(self, recipe: Recipe, threads: int, device: str):
-        self.recipe = recipe
+    def __init__(self, recipe: Recipe, threads: int, device: str, keep_weights: str = "all"):
+        self.recipe, self.keep_weights = recipe, keep_weights
         self.placement = ["--threads", str(threads), "--device", device]  # where a run runs, not what it is
         self.steps: list[dict] = []
 
@@ -148,6 +150,9 @@ class Runner:
                 "candidates": str(run_dir / f"{run}{suffix}.top{self.recipe.candidates}.csv"),
                 "train": trained, "infer": inferred}
         write_json(step_path, step)
+        if self.keep_weights == "none" or (self.keep_weights == "final" and phase != "final"):
+            for name in WEIGHT_FILES:  # done with: step.json and the candidates are what a later call reuses
+                (run_dir / name).unlink(missing_ok=True)
         return step
 
 

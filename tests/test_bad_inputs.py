@@ -235,6 +235,7 @@ def cases(w: Path) -> dict[str, tuple[list, str]]:
         "submit-bad-toml": ([*submit, "--recipe", str(w / "bad.toml")], "bad.toml"),
         "submit-holdout-last": ([*submit, "--holdout-last", "-1"], "--holdout-last"),
         "submit-cutoff": ([*submit, "--holdout-cutoff", "2"], "--holdout-cutoff"),
+        "submit-keep-weights": ([*submit, "--keep-weights", "some"], "--keep-weights"),
         "submit-nothing-held": ([*submit, "--holdout-last", "0", "--holdout-random", "0"], "--holdout-last"),
         "submit-missing-input": ([*submit, "--input", str(w / "nowhere")], "nowhere"),
     }

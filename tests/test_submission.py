@@ -128,6 +128,12 @@ def test_end_to_end_final_file_and_report(first):
     assert "validation" in md and "test" in md and "| **blend** |" in md
     assert all(st["seconds"] >= 0 and st["peak_mb"] > 0 for st in report["steps"])
     assert '"answers": "test"' in p.stdout and "honest test score" in p.stdout
+    # --keep-weights final (the default): the final refits keep their checkpoints, every other run only its files
+    finals = [s["runs"]["final"] for m in report["members"] for s in m["seeds_detail"] if s["runs"]["final"]]
+    assert finals and all((tmp / "data" / "tiny-full" / "runs" / r / "checkpoint.pt").exists() for r in finals)
+    others = [d for d in (tmp / "data" / "tiny-split" / "runs").iterdir() if (d / "step.json").exists()]
+    assert others and not any((d / f).exists() for d in others for f in ("checkpoint.pt", "last.pt"))
+    assert all((d / "config.json").exists() and list(d.glob("*.top30.csv")) for d in others)
 
 
 def test_second_call_reuses_every_run(first):
