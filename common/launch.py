@@ -21,7 +21,10 @@ def main() -> None:
         os.execv(sys.executable, [sys.executable, *argv])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which decides how to end
     _, status, usage = os.wait4(pid, 0)
-    os.write(fd, str(usage.ru_maxrss).encode())
+    try:
+        os.write(fd, str(usage.ru_maxrss).encode())
+    except BrokenPipeError:  # the submission was stopped (Ctrl-C) and no longer reads
+        pass
     os.close(fd)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:  # ended by a signal: end by the same one
