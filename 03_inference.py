@@ -24,7 +24,7 @@ from common.metrics import all_metrics
 from common.checkpoint import check_dataset_matches, load_checkpoint
 from common.recommend import build_recommender, top_k
 from common.submission import data_source, source_path, write_ranked
-from common.utils import autocast, pick_device
+from common.utils import autocast, autocast_dtype, pick_device
 
 
 @dataclass
@@ -61,6 +61,7 @@ def main():
     if cfg.amp != "off" and not getattr(rec, "encoder_autocast", False):
         raise InputError(f"--amp {cfg.amp}: {ckpt['model_type']} scores in full precision only; "
                          "bf16 applies to the sequence models (sasrec, cloze)")
+    autocast_dtype(cfg.amp, device)  # a GPU without bf16 is refused here, before any file is written
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)  # before the scoring: an unusable path fails at once
 

@@ -36,9 +36,8 @@ from common.io import read_json  # noqa: E402
 from common.losses import LOSSES  # noqa: E402
 from common.registry import model_module  # noqa: E402
 from common.trainer import adam  # noqa: E402
-from common.utils import autocast  # noqa: E402
 from common.training import PRESETS, TrainConfig  # noqa: E402
-from common.utils import optimizer_step, pick_device, set_seed  # noqa: E402
+from common.utils import autocast, optimizer_step, pick_device, set_seed  # noqa: E402
 
 MATMUL_N = 2048
 BF16_CPU_N = 256

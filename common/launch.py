@@ -1,7 +1,7 @@
 """Run `python ARGV...` as a child of this small process; write the child's peak resident memory (KB) to file
 descriptor FD and exit as it did.
 
-    python -m common.launch FD 02_train.py --data ...
+    python common/launch.py FD 02_train.py --data ...
 
 Linux keeps a process's memory high-water mark across exec, so a child started straight from a large process
 (the submission, after its reranker stage) reports at least that process's peak as its own; forked from
@@ -16,10 +16,17 @@ import sys
 
 def main() -> None:
     fd, argv = int(sys.argv[1]), sys.argv[2:]
+    interrupt = signal.getsignal(signal.SIGINT)  # SIG_IGN when this command was started with Ctrl-C ignored
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which decides how to end
     pid = os.fork()
     if pid == 0:
-        os.execv(sys.executable, [sys.executable, *argv])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which decides how to end
+        os.close(fd)  # the submission reads the pipe until this process alone is done with it
+        signal.signal(signal.SIGINT, signal.SIG_IGN if interrupt == signal.SIG_IGN else signal.SIG_DFL)
+        try:
+            os.execv(sys.executable, [sys.executable, *argv])
+        except OSError as e:
+            print(f"error: cannot start {sys.executable}: {e}", file=sys.stderr, flush=True)
+            os._exit(127)
     _, status, usage = os.wait4(pid, 0)
     try:
         os.write(fd, str(usage.ru_maxrss).encode())

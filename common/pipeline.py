@@ -60,7 +60,7 @@ def run_child(argv: list[str], log: Path) -> dict:
         f.write(f"$ python {' '.join(map(str, argv))}\n")
         f.flush()
         try:
-            p = subprocess.Popen([sys.executable, "-m", "common.launch", str(write), *map(str, argv)], cwd=ROOT,
+            p = subprocess.Popen([sys.executable, str(ROOT / "common" / "launch.py"), str(write), *map(str, argv)], cwd=ROOT,
                                  stdout=f, stderr=subprocess.STDOUT, pass_fds=(write,),
                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
         finally:
@@ -125,7 +125,8 @@ class Runner:
                 self.steps += [{"step": f"{what} {label}", **step[what], "reused": True} for what in ("train", "infer")]
                 return {**step, "reused": True}
         log = run_dir / "log.txt"
-        if (run_dir / TRAINED_FILE).exists():  # trained in an earlier call that stopped before inference
+        weights = run_dir / "checkpoint.pt"
+        if (run_dir / TRAINED_FILE).exists() and weights.exists():  # trained by a call that stopped before inference
             trained = read_json(run_dir / TRAINED_FILE)
         else:
             resume = ["--resume"] if (run_dir / "last.pt").exists() else []
@@ -133,7 +134,7 @@ class Runner:
                                  [*train, *self.placement, "--run-name", run, *resume], log)
             write_json(run_dir / TRAINED_FILE, trained)
         before = log.read_text() if log.exists() else ""
-        inferred = self.child(f"infer {label}", ["03_inference.py", run_dir / "checkpoint.pt", *infer_opts,
+        inferred = self.child(f"infer {label}", ["03_inference.py", weights, *infer_opts,
                                                  *self.placement, "--out-dir", run_dir], log)
         scores = last_json(log.read_text()[len(before):])
         config = flat_dict(read_json(run_dir / "config.json"))
