@@ -61,13 +61,13 @@ def main():
     if cfg.amp != "off" and not getattr(rec, "encoder_autocast", False):
         raise InputError(f"--amp {cfg.amp}: {ckpt['model_type']} scores in full precision only; "
                          "bf16 applies to the sequence models (sasrec, cloze)")
-    autocast_dtype(cfg.amp, device)  # a GPU without bf16 is refused here, before any file is written
+    amp = autocast_dtype(cfg.amp, device)  # a GPU without bf16 is refused here, before any file is written
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)  # before the scoring: an unusable path fails at once
 
     t0 = time.time()
     users = np.arange(ds.n_users)
-    with autocast(cfg.amp, device):
+    with autocast(amp, device):
         ids, scores = top_k(rec, ds, users, n, cfg.batch_size, progress=True)
     seconds = time.time() - t0
 

@@ -37,7 +37,7 @@ from common.losses import LOSSES  # noqa: E402
 from common.registry import model_module  # noqa: E402
 from common.trainer import adam  # noqa: E402
 from common.training import PRESETS, TrainConfig  # noqa: E402
-from common.utils import autocast, optimizer_step, pick_device, set_seed  # noqa: E402
+from common.utils import autocast, autocast_dtype, optimizer_step, pick_device, set_seed  # noqa: E402
 
 MATMUL_N = 2048
 BF16_CPU_N = 256
@@ -120,12 +120,13 @@ def main():
     if args.compile:
         model.forward = torch.compile(model.forward)  # compiled during the warm-up steps
     opt = adam(model, cfg.trainer.lr, cfg.trainer.weight_decay, device)
+    amp = autocast_dtype(cfg.trainer.amp, device)
     batches = task.batches(0)
     n_steps = len(batches)
     it = iter(batches)
 
     def step(batch):
-        with autocast(cfg.trainer.amp, device):
+        with autocast(amp, device):
             loss = task.loss(batch)
         loss = loss[0] if isinstance(loss, tuple) else loss
         optimizer_step(opt, loss, "profile", None, check=False)

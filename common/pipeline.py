@@ -44,7 +44,6 @@ STEP_FILE = "step.json"  # written when a run's training and inference are both 
 TRAINED_FILE = "trained.json"  # written when a run's training is done
 NORM = "zscore"  # per-user score normalisation of the blend
 WEIGHTS_KEPT = ("all", "final", "none")  # whose checkpoints a finished run keeps (06_submission.py --keep-weights)
-WEIGHT_FILES = ("checkpoint.pt", "last.pt")
 
 
 def run_child(argv: list[str], log: Path) -> dict:
@@ -125,11 +124,11 @@ class Runner:
                 self.steps += [{"step": f"{what} {label}", **step[what], "reused": True} for what in ("train", "infer")]
                 return {**step, "reused": True}
         log = run_dir / "log.txt"
-        weights = run_dir / "checkpoint.pt"
+        weights, last = run_dir / "checkpoint.pt", run_dir / "last.pt"
         if (run_dir / TRAINED_FILE).exists() and weights.exists():  # trained by a call that stopped before inference
             trained = read_json(run_dir / TRAINED_FILE)
         else:
-            resume = ["--resume"] if (run_dir / "last.pt").exists() else []
+            resume = ["--resume"] if last.exists() else []
             trained = self.child(f"train {label}" + (" (resuming)" if resume else ""),
                                  [*train, *self.placement, "--run-name", run, *resume], log)
             write_json(run_dir / TRAINED_FILE, trained)
@@ -152,8 +151,8 @@ class Runner:
                 "train": trained, "infer": inferred}
         write_json(step_path, step)
         if self.keep_weights == "none" or (self.keep_weights == "final" and phase != "final"):
-            for name in WEIGHT_FILES:  # done with: step.json and the candidates are what a later call reuses
-                (run_dir / name).unlink(missing_ok=True)
+            for path in (weights, last):  # done with: step.json and the candidates are what a later call reuses
+                path.unlink(missing_ok=True)
         return step
 
 

@@ -21,7 +21,7 @@ from common.io import InputError
 from common.metrics import all_metrics
 from common.model import SASRec
 from common.registry import model_module
-from common.utils import autocast
+from common.utils import autocast, autocast_dtype
 
 
 class PopRecommender:
@@ -215,7 +215,8 @@ class RecommenderTask:
     def evaluate(self, kept: torch.nn.Module) -> dict:
         """Metrics of `kept` on the local answers; a sequence encoder runs under the training's --amp."""
         rec = self.recommender_cls(kept, self.ds, self.device)
-        with autocast(self.cfg.trainer.amp if getattr(rec, "encoder_autocast", False) else "off", self.device):
+        amp = autocast_dtype(self.cfg.trainer.amp, self.device) if getattr(rec, "encoder_autocast", False) else None
+        with autocast(amp, self.device):
             return evaluate(rec, self.ds, self.cfg.trainer.k, self.cfg.trainer.eval_batch_size)
 
     def checkpoint(self, kept: torch.nn.Module) -> dict:

@@ -211,7 +211,7 @@ class Trainer:
                         rate = learning_rate(cfg, epoch, steps, n_steps)
                         for group in opt.param_groups:
                             group["lr"] = rate
-                        with autocast(cfg.amp, self.device):
+                        with autocast(amp, self.device):
                             loss = step_loss(batch)
                         loss, named = loss if isinstance(loss, tuple) else (loss, {})
                         where = f"{task.label}epoch {epoch} step {steps}" + (f" ({json.dumps(named)})" if named else "")

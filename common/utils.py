@@ -56,11 +56,10 @@ def autocast_dtype(amp: str, device):
     return torch.bfloat16
 
 
-def autocast(amp: str, device):
-    """The context --amp asks for on `device`: bf16 autocast, or nothing."""
+def autocast(dtype, device):
+    """Autocast to `dtype` (from autocast_dtype, resolved once) on `device`, or nothing for None."""
     import torch
     from contextlib import nullcontext
-    dtype = autocast_dtype(amp, device)
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
