@@ -153,5 +153,9 @@ def from_main(value: float, w: World, device: torch.device) -> float:
 
 
 def teardown(w: World) -> None:
+    """End the process group once every rank is done: a rank that tore down while another still used its
+    connections aborted now and then ("terminate called without an active exception", 1 run in 16 on a
+    loaded 2-core machine)."""
     if w.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
