@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.data import Dataset, owner_of, row_owners
+from common.data import PAD, Dataset, owner_of, row_owners
 from common.io import InputError
 
 HISTORY_MODES = ("last", "windows", "crops", "holdout")
@@ -88,6 +88,12 @@ def holdout_examples(indptr: np.ndarray, items: np.ndarray, cuts: np.ndarray, rn
     nxt = cut[:, None] + np.arange(n_last)  # [B, n_last]
     targets = items[start[:, None] + np.concatenate([nxt, dropped], axis=1)]  # [B, n_last + R]
     return inp, targets, user
+
+
+def padded_columns(seq: np.ndarray) -> int:
+    """How many leading columns of left-padded rows [B, L] are padding in every row: a batch drops them
+    (positions count from the end, so no real position's output changes)."""
+    return int(np.argmax((seq != PAD).any(axis=0)))
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:

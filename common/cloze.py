@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from common.config import setting
-from common.batches import epoch_batches, gather_windows, window_ends
+from common.batches import epoch_batches, gather_windows, padded_columns, window_ends
 from common.data import PAD, Dataset, pad_rows
 from common.losses import ce_loss
 from common.model import SASRec, SASRecArgs
@@ -84,8 +84,11 @@ def cloze_loss(model: ClozeModel, batch: dict) -> torch.Tensor:
 class ClozeRecommender(SASRecRecommender):
     """Scores from a masked position after the user's latest max_len - 1 items."""
 
-    def last_hidden(self, users: np.ndarray) -> torch.Tensor:
-        hist = pad_rows(self.ds.indptr, self.ds.items, users, self.model.args.max_len - 1, left=True)
+    def window(self) -> int:
+        return self.model.args.max_len - 1  # the masked position takes the last
+
+    def last_hidden(self, users: np.ndarray, width: int) -> torch.Tensor:
+        hist = pad_rows(self.ds.indptr, self.ds.items, users, width, left=True)
         seq = torch.from_numpy(np.concatenate([hist, np.zeros((len(users), 1), hist.dtype)], axis=1)).to(self.device)
         mask = torch.zeros_like(seq, dtype=torch.bool)
         mask[:, -1] = True
@@ -111,7 +114,7 @@ class ClozeTask(RecommenderTask):
 
     def _batch(self, ends: np.ndarray) -> dict:
         _, seq, user = gather_windows(self.ds.indptr, self.ds.items, ends, self.args.max_len)  # seq = window items
-        seq = seq[:, int(np.argmax((seq != PAD).any(axis=0))):]  # drop columns that are padding in every row
+        seq = seq[:, padded_columns(seq):]  # [B, L'] without the columns that are padding in every row
         mask = cloze_masks(seq, self.cfg.cloze.cloze_prob, self.cfg.cloze.cloze_end, self.rng)
         return to_device({"seq": seq, "mask": mask, "user": user}, self.device)
 

@@ -52,26 +52,26 @@ def attention_mask(seq: torch.Tensor, causal: bool = True) -> torch.Tensor:
     return (order & keys) | diag  # [B, 1, L, L]
 
 
-MASK_LEVELS = 1 << 16  # a CPU dropout mask draws 16 random bits per element: p is rounded to a multiple of 2^-16
-
-
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p). On a CPU the
-    mask compares 16 random bits per element (64-bit draws, four elements each) with p rounded to 2^-16, and
-    scales by the rounded keep rate, so the result stays unbiased. torch draws those bits about 8x faster
-    than F.dropout's per-element Bernoulli draws: for [256, 50, 64] on 2 threads, 1.9 against 14-15 ms, and
-    forward and backward 5.7 against 15-17 ms (uniform floats: 8.5-8.9 ms). Elsewhere F.dropout's one fused
-    kernel."""
+    mask compares random bits with p: 8 bits per element where p is a multiple of 2^-8 (0.5, 0.25, ...),
+    else 16 bits with p rounded to a multiple of 2^-16 (eight or four elements per 64-bit draw), and the kept
+    values are scaled by the rounded keep rate, so the result stays unbiased (in bf16 the scale is rounded
+    to bf16: exact for p = 0.5, 0.25, 0.2). The mask, already scaled, is one factor of one product, so the
+    backward is one product too. torch draws those bits far faster than F.dropout's per-element Bernoulli
+    draws: for [256, 50, 64] on 2 threads, 1.9 against 14-15 ms. Elsewhere F.dropout's one fused kernel."""
     if not training or p == 0:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    dropped = min(round(p * MASK_LEVELS), MASK_LEVELS - 1)
-    n = x.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, 2 ** 63 - 1)
-    draw = bits.view(torch.int16)[:n].view(x.shape)  # uniform over [-2^15, 2^15)
-    keep = draw >= dropped - MASK_LEVELS // 2  # probability 1 - dropped / 2^16
-    return x * keep / (1 - dropped / MASK_LEVELS)
+    bits = 8 if (p * (1 << 8)).is_integer() else 16
+    levels = 1 << bits
+    dropped = min(round(p * levels), levels - 1)
+    n, per_draw = x.numel(), 64 // bits
+    draws = torch.empty(-(-n // per_draw), dtype=torch.int64, device=x.device).random_(-2 ** 63, 2 ** 63 - 1)
+    draw = draws.view(torch.int8 if bits == 8 else torch.int16)[:n].view(x.shape)  # uniform over [-levels/2, levels/2)
+    keep = (draw >= dropped - levels // 2).to(x.dtype).mul_(levels / (levels - dropped))  # 0 or 1 / keep rate
+    return x * keep
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
@@ -79,8 +79,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     p on its weights; mask [B, 1, Lq, L] is True where a query may read a key. F.scaled_dot_product_attention,
     except on a CPU with dropout: that fused kernel draws its dropout per element, which then costs more than
     the attention itself, so there the same arithmetic runs as batched products with `dropout`'s mask
-    ([256, 2, 50, 32], p = 0.5, forward and backward on 2 threads: 23-28 against 42-45 ms)."""
-    if p == 0 or q.device.type != "cpu":
+    ([256, 2, 50, 32], p = 0.5, forward and backward on 2 threads: 23-28 against 42-45 ms). A single query
+    ([512, 2, 1, 50] of bf16 under autocast) runs as plain products too: 0.55 against 2.97 ms."""
+    if q.device.type != "cpu" or (p == 0 and q.size(2) > 1):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
     w = torch.softmax(q @ k.transpose(-1, -2) * q.size(-1) ** -0.5 + bias, dim=-1)  # [B, nh, Lq, L]

@@ -17,8 +17,8 @@ import torch
 
 from common.config import setting
 from common.batches import (HISTORY_MODES, NegativeSampler, epoch_batches, gather_future, gather_windows,
-                            holdout_cuts, holdout_examples, holdout_users, window_ends)
-from common.data import Dataset
+                            holdout_cuts, holdout_examples, holdout_users, padded_columns, window_ends)
+from common.data import Dataset, owner_of
 from common.losses import LOSSES
 from common.model import SASRec, SASRecArgs
 from common.pretrain import load_pretrained_encoder
@@ -41,13 +41,24 @@ class ObjectiveConfig:
     sampled_dist: str = field(default="uniform", metadata={"choices": ("uniform", "pop"),
                                                            "help": "sampled: draw shared negatives uniformly or by popularity"})
     logq: bool = field(default=False, metadata={"help": "sampled: subtract log q(item) from logits"})
+    bucket: bool = field(default=False, metadata={"help": "sasrec on --history last, windows or crops: batch windows "
+                                                          "of similar length together, each batch as wide as its "
+                                                          "longest (faster, but lower recall at equal epochs: see the "
+                                                          "README); simulated hidden sets and the cloze model are "
+                                                          "always batched by length"})
 
 
 def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     """Loss over the non-padded target positions of a batch {input, target, future?, exclude?,
-    negatives | shared, log_q?, positions?}. `exclude` [B, E] lists items a full softmax leaves out for row b's
-    targets. `positions` [N] are the flat indices of the target positions (row * L + column), found on the
-    host so that the step never waits for the device; without it they are found here."""
+    negatives | shared, log_q?, positions?, weight?}. `exclude` [B, E] lists items a full softmax leaves out for
+    row b's targets. `positions` [N] are the flat indices of the target positions (row * L + column), found on
+    the host so that the step never waits for the device; without it they are found here. `weight` scales
+    the loss (see `batch_weight`)."""
+    loss = _train_loss(model, batch, loss_name)
+    return loss * batch["weight"] if "weight" in batch else loss
+
+
+def _train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     spec = LOSSES[loss_name]
     h = model(batch["input"])  # [B, L, H]
     B, L, H = h.shape
@@ -78,16 +89,31 @@ def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
 
 def training_batches(ds: Dataset, cfg, rng: np.random.Generator) -> list[np.ndarray]:
     """This epoch's batches in random order: window ends, or cuts of simulated hidden sets (history
-    holdout, batched by input length so that short histories are not padded to max_len).
-    `cfg` is a TrainConfig (objective, sasrec.max_len, trainer.batch_size)."""
+    holdout, batched by input length so that short histories are not padded to max_len; windows too with
+    --bucket). `cfg` is a TrainConfig (objective, sasrec.max_len, trainer.batch_size)."""
     o, max_len, batch_size = cfg.objective, cfg.sasrec.max_len, cfg.trainer.batch_size
     if o.history == "holdout":
         users = np.repeat(holdout_users(ds.indptr, o.holdout_last, o.holdout_random), o.holdout_samples)
         cuts = holdout_cuts(ds.indptr, users, o.holdout_last, o.holdout_random, rng)
         return epoch_batches(ds.indptr, cuts, max_len, batch_size, rng)
     ends = window_ends(ds.indptr, max_len, o.history, rng)
+    if o.bucket:
+        return epoch_batches(ds.indptr, ends, max_len, batch_size, rng)
     ends = ends[rng.permutation(len(ends))]
     return [ends[s:s + batch_size] for s in range(0, len(ends), batch_size)]
+
+
+def targets_per_window(ds: Dataset, ends: np.ndarray, max_len: int) -> np.ndarray:
+    """Target positions of each window ending at `ends` [B]: its input items, at most max_len."""
+    return np.minimum(ends - ds.indptr[owner_of(ds.indptr, ends - 1)] - 1, max_len)
+
+
+def batch_weight(n_targets: int, n_windows: int, mean_targets: float) -> float:
+    """The factor on a batch's mean loss that makes it the sum over its targets divided by what a batch of
+    its size holds on average this epoch (`mean_targets` per window): every target then weighs the same in
+    whichever batch it lands. Length-bucketed batches of short windows hold few targets; weighed by their
+    mean alone, each of those would count up to max_len times as much as a target of a long window."""
+    return n_targets / (n_windows * mean_targets)
 
 
 def holdout_batch(ds: Dataset, cuts: np.ndarray, o: ObjectiveConfig, max_len: int, rng: np.random.Generator) -> dict:
@@ -95,7 +121,7 @@ def holdout_batch(ds: Dataset, cuts: np.ndarray, o: ObjectiveConfig, max_len: in
     columns that are padding in every row (positions count from the end, so outputs are unchanged)."""
     inp, targets, user = holdout_examples(ds.indptr, ds.items, cuts, rng, max_len, o.holdout_last,
                                           o.holdout_random)  # [B, L], [B, K], [B]
-    inp = inp[:, int(np.argmax((inp != 0).any(axis=0))):]  # [B, L'] every row has an input item
+    inp = inp[:, padded_columns(inp):]  # [B, L'] every column has an input item
     B, L = inp.shape
     target = np.zeros((B, L), dtype=np.int64)
     target[:, -1] = targets[:, 0]
@@ -104,16 +130,19 @@ def holdout_batch(ds: Dataset, cuts: np.ndarray, o: ObjectiveConfig, max_len: in
     return {"input": inp, "target": target, "user": user, "future": future, "exclude": inp}
 
 
-def make_batch(ds: Dataset, examples: np.ndarray, sampler: NegativeSampler, cfg, device) -> dict:
-    """The tensors of one batch of `training_batches` on `device`; `cfg` is a TrainConfig."""
+def make_batch(ds: Dataset, examples: np.ndarray, sampler: NegativeSampler, cfg, device,
+               mean_targets: float = 0.0) -> dict:
+    """The tensors of one batch of `training_batches` on `device`; `cfg` is a TrainConfig. With `mean_targets`
+    (target positions per window this epoch), windows get a loss `weight` (see `batch_weight`)."""
     o, max_len = cfg.objective, cfg.sasrec.max_len
     if o.history == "holdout":
         batch = holdout_batch(ds, examples, o, max_len, sampler.rng)
     else:
         inp, target, user = gather_windows(ds.indptr, ds.items, examples, max_len)
-        batch = {"input": inp, "target": target, "user": user}
+        cut = padded_columns(inp)  # a target needs an input item: the dropped columns hold no target either
+        batch = {"input": inp[:, cut:], "target": target[:, cut:], "user": user}  # [B, L'] each
         if o.horizon > 1:
-            batch["future"] = gather_future(ds.indptr, ds.items, examples, max_len, o.horizon)  # [B, L, K]
+            batch["future"] = gather_future(ds.indptr, ds.items, examples, max_len, o.horizon)[:, cut:]  # [B, L', K]
     mask = batch["target"] != 0
     users_per_target = np.broadcast_to(batch["user"][:, None], mask.shape)[mask]  # [N]
     if "future" in batch:
@@ -125,6 +154,8 @@ def make_batch(ds: Dataset, examples: np.ndarray, sampler: NegativeSampler, cfg,
     elif kind == "shared":
         batch["shared"] = sampler.shared(o.negatives, o.sampled_dist)  # [M]
     batch["positions"] = np.flatnonzero(mask)  # [N] row * L + column of each target
+    if mean_targets:
+        batch["weight"] = np.array(batch_weight(len(batch["positions"]), len(examples), mean_targets), np.float32)
     if kind == "shared" and o.logq:
         batch["log_q"] = sampler.log_q(o.sampled_dist)  # [V]
     return to_device(batch, device)
@@ -143,8 +174,12 @@ class NextItemTask(RecommenderTask):
         return f"sasrec: {n_params:,} parameters, {self.ds.n_users:,} users, {self.ds.n_items:,} items"
 
     def batches(self, epoch: int) -> Lazy:
-        return Lazy(training_batches(self.ds, self.cfg, self.rng),
-                    lambda examples: make_batch(self.ds, examples, self.sampler, self.cfg, self.device))
+        batches = training_batches(self.ds, self.cfg, self.rng)
+        mean_targets = 0.0  # random batches of windows hold about as many targets each: no weights
+        if self.cfg.objective.history != "holdout" and self.cfg.objective.bucket and batches:
+            mean_targets = float(targets_per_window(self.ds, np.concatenate(batches), self.args.max_len).mean())
+        return Lazy(batches, lambda examples: make_batch(self.ds, examples, self.sampler, self.cfg, self.device,
+                                                         mean_targets))
 
     def loss(self, batch: dict) -> torch.Tensor:
         return train_loss(self.module, batch, self.cfg.objective.loss)

@@ -183,23 +183,47 @@ def sparse_times_dense(x, B: torch.Tensor) -> torch.Tensor:
     return rows.to(B.device) @ B
 
 
+WIDTH_STEP = 8  # a user's history is padded to the next multiple of this many items (at most the window)
+
+
 class SASRecRecommender:
-    """Scores from the hidden state at the last position of each user's latest max_len items. Its encoder may
-    run under bf16 autocast (encoder_autocast): the top block's last-position projections and the score
-    product are float64, which autocast leaves alone, so the scores stay independent of the batch size."""
+    """Scores from the hidden state at the last position of each user's latest max_len items.
+
+    Each user's history is left-padded to a width that depends on its own length alone (the next multiple
+    of WIDTH_STEP, at most the window), so short histories do not pay for max_len positions; `order` lets
+    `top_k` batch users of one width together. Its encoder may run under bf16 autocast (encoder_autocast):
+    the top block's last-position projections and the score product are float64, which autocast leaves
+    alone, so the scores stay independent of the batch size."""
     encoder_autocast = True
 
     def __init__(self, model: SASRec, ds: Dataset, device: torch.device):
         self.model, self.ds, self.device = model, ds, device
 
-    def last_hidden(self, users: np.ndarray) -> torch.Tensor:
-        seq = pad_rows(self.ds.indptr, self.ds.items, users, self.model.args.max_len, left=True)
+    def window(self) -> int:
+        """History items read per user."""
+        return self.model.args.max_len
+
+    def widths(self, users: np.ndarray) -> np.ndarray:
+        """Padded history width of each user [B]."""
+        n = np.maximum(self.ds.indptr[users + 1] - self.ds.indptr[users], 1)
+        return np.minimum(-(-n // WIDTH_STEP) * WIDTH_STEP, self.window())
+
+    def order(self, users: np.ndarray) -> np.ndarray:
+        """A permutation of `users` that puts users of one width next to each other."""
+        return np.argsort(self.widths(users), kind="stable")
+
+    def last_hidden(self, users: np.ndarray, width: int) -> torch.Tensor:
+        seq = pad_rows(self.ds.indptr, self.ds.items, users, width, left=True)
         return self.model(torch.from_numpy(seq).to(self.device), last=True)[:, -1]  # [B, H]
 
     @torch.no_grad()
     def score(self, users: np.ndarray) -> torch.Tensor:
         self.model.eval()
-        h = self.last_hidden(users)  # [B, H]
+        widths = self.widths(users)
+        h = torch.empty(len(users), self.model.args.hidden, device=self.device)  # [B, H]
+        for width in np.unique(widths):  # one encoder pass per width in the batch
+            rows = np.flatnonzero(widths == width)
+            h[torch.from_numpy(rows).to(self.device)] = self.last_hidden(users[rows], int(width)).float()
         # float64 product, rounded to float32: the scores no longer depend on the batch size
         return (h.double() @ self.model.output_embeddings().double().T).float()  # [B, V]
 
@@ -270,14 +294,16 @@ def top_k(rec, ds: Dataset, users: np.ndarray, k: int, batch_size: int = 1024, p
     """
     ids = np.zeros((len(users), k), dtype=np.int64)
     scores = np.zeros((len(users), k), dtype=np.float32)
+    order = rec.order(users) if hasattr(rec, "order") else np.arange(len(users))  # batches of alike users
     starts = range(0, len(users), batch_size)
     for s in tqdm(starts, desc="scoring", disable=not progress, unit="batch"):
-        batch = users[s:s + batch_size]
+        rows = order[s:s + batch_size]
+        batch = users[rows]
         sc = rec.score(batch).float().contiguous()  # [B, V]
         mask_seen(sc, ds, batch)
         top = torch.topk(sc, k, dim=1)
-        ids[s:s + len(batch)] = top.indices.cpu().numpy()
-        scores[s:s + len(batch)] = top.values.cpu().numpy()
+        ids[rows] = top.indices.cpu().numpy()
+        scores[rows] = top.values.cpu().numpy()
     return ids, scores
 
 

@@ -317,20 +317,27 @@ def test_losses_have_gradients_in_the_right_direction():
         assert (neg.grad > 0).all(), "raising a negative score must raise the loss"
 
 
-def test_dropout_zeroes_about_p_scales_the_rest_and_routes_the_gradient_through_the_mask():
+@pytest.mark.parametrize("p, keep_rate", [
+    (0.3, 1 - 19_661 / 2 ** 16),  # not a multiple of 2^-8: 16 bits, p in steps of 2^-16
+    (0.5, 0.5),  # 8 bits: 128 of 256 levels dropped, exactly p
+    (0.25, 0.75),
+])
+def test_dropout_zeroes_about_p_scales_the_rest_and_routes_the_gradient_through_the_mask(p, keep_rate):
     x = torch.rand(200, 500) + 0.5  # no zero before dropout
-    assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0, training=True) is x
+    assert dropout(x, p, training=False) is x and dropout(x, 0.0, training=True) is x
     torch.manual_seed(0)
     x.requires_grad_(True)
-    y = dropout(x, 0.3, training=True)
+    y = dropout(x, p, training=True)
     kept = y != 0
-    assert abs(1 - kept.float().mean().item() - 0.3) < 0.01  # 100,000 draws: the std of the share is 0.0015
-    keep_rate = 1 - round(0.3 * 2 ** 16) / 2 ** 16  # p in steps of 2^-16: 19,661 / 65,536 dropped
+    assert abs(1 - kept.float().mean().item() - p) < 0.01  # 100,000 draws: the std of the share is <= 0.0016
     torch.testing.assert_close(y[kept], x[kept] / keep_rate)
     y.sum().backward()
     torch.testing.assert_close(x.grad, kept.float() / keep_rate)
     torch.manual_seed(0)
-    assert torch.equal(dropout(x.detach(), 0.3, training=True) != 0, kept), "the same seed, the same mask"
+    assert torch.equal(dropout(x.detach(), p, training=True) != 0, kept), "the same seed, the same mask"
+    torch.manual_seed(0)
+    half = dropout(x.detach().bfloat16(), p, training=True)  # bf16 stays bf16, with the same mask
+    assert half.dtype == torch.bfloat16 and torch.equal(half != 0, kept)
 
 
 def test_attention_with_dropout_on_cpu_drops_weights_of_the_masked_softmax():

@@ -529,3 +529,89 @@ def test_host_found_target_positions_match_the_mask():
         found_here = train_loss(model, batch, "ce")
         given = {**batch, "positions": torch.from_numpy(np.flatnonzero(batch["target"].numpy() != 0))}
         assert torch.equal(train_loss(model, given, "ce"), found_here)
+
+
+@pytest.mark.parametrize("history", ["last", "windows", "crops"])
+def test_bucketed_batches_drop_shared_padding_and_keep_every_target(tiny_ds, history):
+    """With --bucket each batch holds windows of similar length and drops the columns that are padding in every
+    row; the batches still hold each window's targets once, as the untrimmed windows do."""
+    from common.next_item import make_batch, training_batches
+    ds, max_len = tiny_ds, 12
+    cfg = train_config(max_len=max_len, batch_size=3, history=history, seed=0, bucket=True)
+    batches = training_batches(ds, cfg, np.random.default_rng(0))
+    ends = np.concatenate(batches)
+    assert len(np.unique(ends)) == len(ends) == len(window_ends(ds.indptr, max_len, history, np.random.default_rng(0)))
+    lengths = [np.minimum(e - ds.indptr[np.searchsorted(ds.indptr, e - 1, side="right") - 1] - 1, max_len)
+               for e in batches]  # each window's targets
+    widths = [int(n.max()) for n in lengths]
+    spans = sorted((int(n.min()), int(n.max())) for n in lengths)
+    assert all(hi <= lo2 for (_, hi), (lo2, _) in zip(spans, spans[1:])), "batches do not overlap in length"
+    sampler = NegativeSampler(ds, np.random.default_rng(0))
+    got = []
+    for ends_b, width in zip(batches, widths):
+        batch = make_batch(ds, ends_b, sampler, cfg, torch.device("cpu"))
+        inp, tgt = batch["input"].numpy(), batch["target"].numpy()
+        assert inp.shape[1] == width < max_len or inp.shape[1] == max_len == width, "as wide as the longest window"
+        assert (inp[:, 0] != 0).any(), "no column is padding in every row"
+        full_inp, full_tgt, _ = gather_windows(ds.indptr, ds.items, ends_b, max_len)
+        assert np.array_equal(full_inp[:, max_len - inp.shape[1]:], inp) and (full_inp[:, :max_len - inp.shape[1]] == 0).all()
+        got += [(u, t) for u, row in zip(batch["user"].numpy(), tgt) for t in row[row != 0]]
+    want = [(u, t) for u, row in zip(*[gather_windows(ds.indptr, ds.items, ends, max_len)[i] for i in (2, 1)])
+            for t in row[row != 0]]
+    assert sorted(got) == sorted(want)
+
+
+def test_loss_of_a_trimmed_batch_equals_the_padded_one():
+    """Dropping the columns that are padding in every row leaves the loss unchanged (positions count from the end)."""
+    model, batch = tiny_model(init_std=0.3, max_len=12).eval(), tiny_batch(L=12)  # the longest row has 8 targets: 4 empty columns
+    cut = int(np.argmax((batch["input"] != 0).any(0).numpy()))
+    assert cut == 4
+    trimmed = {**batch, "input": batch["input"][:, cut:], "target": batch["target"][:, cut:]}
+    with torch.no_grad():
+        for loss in ("bce", "ce"):
+            torch.testing.assert_close(train_loss(model, trimmed, loss), train_loss(model, batch, loss))
+
+
+def test_scores_read_each_history_at_its_own_width():
+    """SASRecRecommender pads each user to the next multiple of WIDTH_STEP (at most max_len): the scores match
+    those of histories padded to max_len, and `order` groups users of one width."""
+    from common.recommend import WIDTH_STEP, SASRecRecommender
+    ds = Dataset.__new__(Dataset)  # a stand-in with what SASRecRecommender reads
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 30, 60)
+    ds.indptr = np.concatenate([[0], np.cumsum(lengths)])
+    ds.items = np.concatenate([rng.choice(np.arange(1, 31), n, replace=False) for n in lengths])
+    model = tiny_model(n_items=30, max_len=20, layers=2, init_std=0.3).eval()
+    rec = SASRecRecommender(model, ds, torch.device("cpu"))
+    users = rng.permutation(len(lengths))
+    widths = rec.widths(users)
+    assert np.array_equal(widths, np.minimum(np.ceil(lengths[users] / WIDTH_STEP) * WIDTH_STEP, 20))
+    assert (np.diff(widths[rec.order(users)]) >= 0).all()
+    with torch.no_grad():
+        full = model(torch.from_numpy(pad_rows(ds.indptr, ds.items, users, 20, left=True)), last=True)[:, -1]
+        want = (full.double() @ model.output_embeddings().double().T).float()
+    torch.testing.assert_close(rec.score(users), want, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_weights_make_every_target_count_the_same(tiny_ds):
+    """A batch's loss weight is its targets over what a batch of its size holds on average, so the weighted
+    mean losses add up to the sum over all targets divided by the mean per window."""
+    from common.next_item import batch_weight, make_batch, targets_per_window, training_batches
+    assert batch_weight(3, 2, 6.0) == 0.25  # 3 targets in 2 windows, against 6 per window on average
+    ds, max_len = tiny_ds, 12
+    cfg = train_config(max_len=max_len, batch_size=3, history="last", seed=0, bucket=True)
+    batches = training_batches(ds, cfg, np.random.default_rng(0))
+    per_window = targets_per_window(ds, np.concatenate(batches), max_len)
+    n = np.diff(ds.indptr)
+    assert sorted(per_window.tolist()) == sorted(np.minimum(n[n >= 2] - 1, max_len).tolist())  # inputs, at most max_len
+    sampler = NegativeSampler(ds, np.random.default_rng(0))
+    made = [make_batch(ds, b, sampler, cfg, torch.device("cpu"), float(per_window.mean())) for b in batches]
+    weights = [m["weight"].item() for m in made]
+    for m, w, b in zip(made, weights, batches):
+        assert w == pytest.approx(len(m["positions"]) / (len(b) * per_window.mean()))
+    assert sum(w * len(b) for w, b in zip(weights, batches)) == pytest.approx(len(per_window))
+    assert min(weights) < 1 < max(weights), "bucketed: short windows' batches weigh less, long ones' more"
+    model = tiny_model(n_items=40, max_len=max_len).eval()
+    with torch.no_grad():  # the weight multiplies the batch's mean loss
+        plain = train_loss(model, {k: v for k, v in made[0].items() if k != "weight"}, "bce")
+        torch.testing.assert_close(train_loss(model, made[0], "bce"), plain * made[0]["weight"])
