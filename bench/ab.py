@@ -49,14 +49,14 @@ def dropout_16bit(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep / (1 - dropped / REFERENCE_LEVELS)
 
 
+ATTEND, DROPOUT, WIDTH_STEP = model_mod.attend, model_mod.dropout, recommend.WIDTH_STEP  # today's
+
+
 def attend_fused(q, k, v, mask, p):
     """The reference attention: torch's fused kernel whenever there is no dropout, a single query included."""
     if p == 0:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return ATTEND(q, k, v, mask, p)
-
-
-ATTEND, DROPOUT, WIDTH_STEP = model_mod.attend, model_mod.dropout, recommend.WIDTH_STEP
 
 
 def alternate(run, rounds: int) -> dict:
@@ -82,6 +82,7 @@ def main():
     args = ap.parse_args()
     device = pick_device("cpu", args.threads)
     set_seed(0)
+    extra = {}  # what the report carries besides the times
     if args.what == "dropout":
         cfg = parse_config(TrainConfig, ["--data", args.data, "--amp", args.amp], presets=PRESETS)
         ds = Dataset(Path(cfg.data), "valid")
@@ -101,7 +102,7 @@ def main():
                 optimizer_step(opt, loss, "ab", None, check=False)
             return (time.perf_counter() - t0) / len(batches) * 1000  # ms per step
 
-        unit, extra = "ms/step", {}
+        unit = "ms/step"
     else:
         ckpt = load_checkpoint(args.checkpoint)
         ds = Dataset(Path(args.data), "valid")
@@ -121,7 +122,7 @@ def main():
     times = alternate(run, args.rounds)
     model_mod.dropout, model_mod.attend, recommend.WIDTH_STEP = DROPOUT, ATTEND, WIDTH_STEP
     if args.what == "scoring":
-        extra = {"recall@10": {"today": round(recalls[False], 6), "reference": round(recalls[True], 6)}}
+        extra["recall@10"] = {"today": round(recalls[False], 6), "reference": round(recalls[True], 6)}
     medians = {k: round(float(np.median(v)), 2) for k, v in times.items()}
     for k, v in times.items():
         print(f"{k:9s} {' '.join(f'{t:.2f}' for t in v)} {unit} (median {medians[k]})")
