@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.data import PAD, Dataset, owner_of, row_owners
+from common.data import PAD, Dataset, distinct, owner_of, row_owners
 from common.io import InputError
 
 HISTORY_MODES = ("last", "windows", "crops", "holdout")
 MIN_INPUT = 3  # a simulated hidden set leaves at least this many input items
 MAX_RESAMPLE_ROUNDS = 50
+SEEN_BITSET_BYTES = 64 << 20  # a user-by-item bit table up to this size (the full-scale demo's: 27 MB)
 
 
 def window_ends(indptr: np.ndarray, max_len: int, mode: str, rng: np.random.Generator) -> np.ndarray:
@@ -154,10 +155,21 @@ class NegativeSampler:
         users = row_owners(ds.indptr)
         counts = np.bincount(ds.items, minlength=ds.n_items + 1)[1:] + 1.0  # add-one smoothing
         self.pop_q = counts / counts.sum()  # [n_items] popularity distribution over ids 1..n_items
-        self.keys = np.unique(users * (ds.n_items + 1) + ds.items)  # sorted (user, item) pairs
+        self.keys = distinct(users * (ds.n_items + 1) + ds.items)  # sorted (user, item) pairs
+        n_keys = ds.n_users * (ds.n_items + 1)  # every possible key, one bit each where that is small enough
+        self.bits = None
+        if n_keys <= 8 * SEEN_BITSET_BYTES:
+            self.bits = np.zeros(-(-n_keys // 8), dtype=np.uint8)
+            byte = self.keys >> 3  # sorted, so each byte's keys are adjacent; distinct keys: their sum is their or
+            first = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]]) if len(byte) else byte
+            self.bits[byte[first]] = np.add.reduceat(1 << (self.keys & 7), first) if len(byte) else 0
 
     def seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Whether each user has each item among its training items: one bit read per pair (a search of the
+        sorted keys on catalogues too large for the bits)."""
         q = users * (self.n_items + 1) + items
+        if self.bits is not None:
+            return ((self.bits[q >> 3] >> (q & 7)) & 1).astype(bool)
         idx = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
         return self.keys[idx] == q
 

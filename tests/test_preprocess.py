@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.data import Dataset, _draw_earlier, build_dataset, dense_ids, order_and_dedupe, row_positions, split_holdout
+from common.data import Dataset, _draw_earlier, build_dataset, dense_ids, distinct, order_and_dedupe, row_positions, split_holdout
 from common.io import InputError, atomic_path, write_npz
 from common.metrics import recall_at_k
 from common.readers import RawData, int_column, read_raw, time_column
@@ -285,6 +285,13 @@ def test_dense_ids_equal_np_unique(values):
     want, want_inverse = np.unique(np.asarray(values), return_inverse=True)
     assert got.tolist() == want.tolist() and got.dtype == want.dtype
     assert inverse.tolist() == want_inverse.tolist()
+
+
+@pytest.mark.parametrize("values", [[5, 3, 5, 0, 9, 3], [10**12, 7, 10**12, -3], [4], []])
+def test_distinct_equals_np_unique(values):
+    want = np.unique(np.asarray(values, dtype=np.int64))
+    got = distinct(np.asarray(values, dtype=np.int64))
+    assert got.tolist() == want.tolist() and got.dtype == want.dtype
 
 
 def lexsort_dedupe_reference(users, items, times):

@@ -107,6 +107,22 @@ def test_negative_sampler_excludes_per_user_not_globally(tiny_ds):
     assert only_a & set(neg_b.tolist())
 
 
+def test_negative_sampler_seen_bits_equal_the_key_search(tiny_ds, monkeypatch):
+    """`seen` by the bit table and by the search of sorted keys (catalogues too large for the bits) agree on
+    every (user, item) pair, and both equal the training sequences."""
+    ds = tiny_ds
+    users, items = np.divmod(np.arange(ds.n_users * (ds.n_items + 1)), ds.n_items + 1)
+    want = np.zeros((ds.n_users, ds.n_items + 1), dtype=bool)
+    for u in range(ds.n_users):
+        want[u, ds.sequence(u)] = True
+    bits = NegativeSampler(ds, np.random.default_rng(0))
+    monkeypatch.setattr("common.batches.SEEN_BITSET_BYTES", 0)
+    search = NegativeSampler(ds, np.random.default_rng(0))
+    assert bits.bits is not None and search.bits is None
+    assert np.array_equal(bits.seen(users, items), want.ravel())
+    assert np.array_equal(search.seen(users, items), want.ravel())
+
+
 def test_negative_sampler_heavy_user_gets_no_seen_items(tmp_path):
     """A user who has seen all but 3 of 20 items: every negative must still be one of those 3."""
     out = tmp_path / "ds"
