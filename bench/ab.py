@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/ab.py dropout --amp bf16      # training steps: today's dropout against 16-bit masks
     .venv/bin/python bench/ab.py scoring --amp bf16      # one evaluation pass: own-width histories against max_len
+    .venv/bin/python bench/ab.py packing --amp bf16      # training steps: packed rows against one window a row
 
 dropout: --steps training steps of the default SASRec on the same batches of --data, with
 `common.model.dropout` and with the reference below (16 random bits per element, the mask applied as
 `x * keep / (1 - p)`), in --rounds rounds that alternate which goes first.
 scoring: one evaluation pass (`common.recommend.evaluate`) of --checkpoint, with each user's history padded
 to its own width (today) and to max_len with the fused single-query attention (the reference).
-Both print each round and the medians; a JSON line goes to bench/results/ab.jsonl.
+packing: --steps training steps of the default SASRec on the same windows of --data, packed (short windows
+share rows, `common.batches.pack_windows`, today's default) and one window a row (--no-pack, the reference).
+Each prints each round and the medians; a JSON line goes to bench/results/ab.jsonl.
 """
 from __future__ import annotations
 
@@ -72,7 +75,7 @@ def alternate(run, rounds: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("dropout", "scoring"))
+    ap.add_argument("what", choices=("dropout", "scoring", "packing"))
     ap.add_argument("--data", default=str(ROOT / "data" / "bench-members"))
     ap.add_argument("--checkpoint", default=str(ROOT / "data" / "bench-members" / "runs" / "amp-off-s0" / "checkpoint.pt"))
     ap.add_argument("--amp", default="off", choices=("off", "bf16"))
@@ -83,7 +86,7 @@ def main():
     device = pick_device("cpu", args.threads)
     set_seed(0)
     extra = {}  # what the report carries besides the times
-    if args.what == "dropout":
+    if args.what in ("dropout", "packing"):
         cfg = parse_config(TrainConfig, ["--data", args.data, "--amp", args.amp], presets=PRESETS)
         ds = Dataset(Path(cfg.data), "valid")
         task = model_module(cfg.model).build_task(cfg, ds, np.random.default_rng(0), device)
@@ -91,16 +94,23 @@ def main():
         opt = adam(task.module, cfg.trainer.lr, cfg.trainer.weight_decay, device)
         amp = autocast_dtype(cfg.trainer.amp, device)
         it = iter(task.batches(0))
-        batches = [next(it) for _ in range(args.steps)]
+        batches = {False: [next(it) for _ in range(args.steps)]}
+        if args.what == "packing":  # the same windows (the same seed draws them), one a row
+            unpacked = parse_config(TrainConfig, ["--data", args.data, "--amp", args.amp, "--no-pack"], presets=PRESETS)
+            it = iter(model_module(cfg.model).build_task(unpacked, ds, np.random.default_rng(0), device).batches(0))
+            batches[True] = [next(it) for _ in range(args.steps)]
+            extra["rows"] = {k: sum(len(b["input"]) for b in v) for k, v in (("today", batches[False]),
+                                                                              ("reference", batches[True]))}
 
         def run(ref: bool) -> float:
-            model_mod.dropout = dropout_16bit if ref else DROPOUT
+            if args.what == "dropout":
+                model_mod.dropout = dropout_16bit if ref else DROPOUT
             t0 = time.perf_counter()
-            for batch in batches:
+            for batch in batches[ref and args.what == "packing"]:
                 with autocast(amp, device):
                     loss = task.loss(batch)
                 optimizer_step(opt, loss, "ab", None, check=False)
-            return (time.perf_counter() - t0) / len(batches) * 1000  # ms per step
+            return (time.perf_counter() - t0) / args.steps * 1000  # ms per step
 
         unit = "ms/step"
     else:

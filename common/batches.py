@@ -97,6 +97,68 @@ def padded_columns(seq: np.ndarray) -> int:
     return int(np.argmax((seq != PAD).any(axis=0)))
 
 
+def pack_rows(lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows for sequences of `lengths` (each 1..width) set side by side, so that short ones share a row:
+    (row [B], end [B]), sequence b filling columns end - lengths[b] .. end - 1 of its row. Best fit by
+    decreasing length: each sequence goes into the open row with the least room that still holds it (the
+    lowest such row), else a new row; in a row the first placed ends at the last column. Sequences of one
+    length are placed together: the tightest rows fill first, each with as many as it holds, which is what
+    placing them one at a time does."""
+    row = np.full(len(lengths), -1, dtype=np.int64)
+    room = np.zeros(0, dtype=np.int64)  # [R] free columns of each open row
+    for n in np.unique(lengths)[::-1]:  # at most `width` lengths, the longest first
+        todo = np.flatnonzero(lengths == n)
+        fits = np.flatnonzero(room >= n)
+        fits = fits[np.argsort(room[fits], kind="stable")]  # the tightest first, then the lowest
+        held = np.cumsum(room[fits] // n)  # [F] how many the tightest rows hold together
+        placed = min(len(todo), int(held[-1]) if len(held) else 0)
+        row[todo[:placed]] = fits[np.searchsorted(held, np.arange(placed), side="right")]
+        extra = np.arange(len(todo) - placed) // (width // n)  # the rest fill new rows in turn
+        row[todo[placed:]] = len(room) + extra
+        room = np.r_[room, np.full(int(extra[-1]) + 1 if len(extra) else 0, width)]
+        room -= n * np.bincount(row[todo], minlength=len(room))
+    order = np.lexsort((np.arange(len(lengths)), -lengths, row))  # by row, then in the order placed
+    before = np.cumsum(lengths[order]) - lengths[order]  # [B] columns placed before it, over all rows
+    row_start = np.flatnonzero(np.r_[True, row[order][1:] != row[order][:-1]])[:len(order)]
+    right = before - np.repeat(before[row_start], np.diff(np.r_[row_start, len(order)]))  # ... within its row
+    end = np.empty(len(lengths), dtype=np.int64)
+    end[order] = width - right
+    return row, end
+
+
+def pack_windows(seq: np.ndarray) -> dict:
+    """Left-padded windows [B, L] packed into fewer rows of the same width (`pack_rows`): the gather that
+    does it and what attention needs to keep the windows apart. Returns {source [R, L]: flat index into
+    [B, L] of each packed column (-1 for padding), segment [R, L]: 1 + the window's row in `seq` (0 for
+    padding), position [R, L]: the column's distance to its window's last item}. A packed column reads the
+    same items at the same positions as before, and `attention_mask` with `segment` lets it read only its
+    own window, so every real position's output is unchanged."""
+    B, L = seq.shape
+    length = (seq != PAD).sum(axis=1)  # [B] real columns, the rightmost ones
+    keep = np.flatnonzero(length)
+    row, end = pack_rows(length[keep], L)
+    n = length[keep]
+    window = np.repeat(keep, n)  # [T] each real token's window
+    back = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # [T] 0 .. n-1 within its window
+    back = np.repeat(n, n) - 1 - back  # [T] distance to the window's last item
+    R = int(row.max()) + 1 if len(row) else 0
+    flat = np.repeat(row * L + end - 1, n) - back  # [T] packed flat column
+    source = np.full(R * L, -1, dtype=np.int64)
+    source[flat] = window * L + (L - 1 - back)
+    segment = np.zeros(R * L, dtype=np.int64)
+    segment[flat] = window + 1
+    position = np.zeros(R * L, dtype=np.int64)
+    position[flat] = back
+    return {"source": source.reshape(R, L), "segment": segment.reshape(R, L), "position": position.reshape(R, L)}
+
+
+def gather_packed(values: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """values [B, L, ...] laid out as `pack_windows`' source [R, L] says (0 at padding): [R, L, ...]."""
+    B, L = values.shape[:2]
+    flat = values.reshape(B * L, *values.shape[2:])[np.maximum(source, 0)]
+    return np.where((source >= 0).reshape(source.shape + (1,) * (values.ndim - 2)), flat, 0)
+
+
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     """[start, stop) of each batch; a last batch of one row joins the previous one (SP needs two rows)."""
     bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]

@@ -17,7 +17,8 @@ import torch
 
 from common.config import setting
 from common.batches import (HISTORY_MODES, NegativeSampler, epoch_batches, gather_future, gather_windows,
-                            holdout_cuts, holdout_examples, holdout_users, padded_columns, window_ends)
+                            gather_packed, holdout_cuts, holdout_examples, holdout_users, pack_windows,
+                            padded_columns, window_ends)
 from common.data import Dataset, owner_of
 from common.losses import LOSSES
 from common.model import SASRec, SASRecArgs
@@ -41,6 +42,9 @@ class ObjectiveConfig:
     sampled_dist: str = field(default="uniform", metadata={"choices": ("uniform", "pop"),
                                                            "help": "sampled: draw shared negatives uniformly or by popularity"})
     logq: bool = field(default=False, metadata={"help": "sampled: subtract log q(item) from logits"})
+    pack: bool = field(default=True, metadata={"help": "sasrec on --history last, windows or crops: windows shorter "
+                                                       "than max_len share rows, each reading only itself (fewer "
+                                                       "padded positions; the same outputs)"})
     bucket: bool = field(default=False, metadata={"help": "sasrec on --history last, windows or crops: batch windows "
                                                           "of similar length together, each batch as wide as its "
                                                           "longest (faster, but lower recall at equal epochs: see the "
@@ -50,7 +54,8 @@ class ObjectiveConfig:
 
 def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     """Loss over the non-padded target positions of a batch {input, target, future?, exclude?,
-    negatives | shared, log_q?, positions?, weight?}. `exclude` [B, E] lists items a full softmax leaves out for
+    negatives | shared, log_q?, positions?, weight?, segment?, position?}; `segment` and `position` mark rows
+    that hold several windows (`common.batches.pack_windows`). `exclude` [B, E] lists items a full softmax leaves out for
     row b's targets. `positions` [N] are the flat indices of the target positions (row * L + column), found on
     the host so that the step never waits for the device; without it they are found here. `weight` scales
     the loss (see `batch_weight`)."""
@@ -60,12 +65,13 @@ def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
 
 def _train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     spec = LOSSES[loss_name]
-    h = model(batch["input"])  # [B, L, H]
+    h = model(batch["input"], segment=batch.get("segment"), position=batch.get("position"))  # [B, L, H]
     B, L, H = h.shape
     positions = batch.get("positions")
     if positions is None:
         positions = (batch["target"] != 0).flatten().nonzero()[:, 0]
-    h, target = h.reshape(B * L, H)[positions], batch["target"].reshape(B * L)[positions]  # [N, H], [N]
+    h = h.reshape(B * L, H).index_select(0, positions)  # [N, H] (its backward adds rows; indexing's sorts first)
+    target = batch["target"].reshape(B * L)[positions]  # [N]
     future = batch["future"].reshape(B * L, -1)[positions] if "future" in batch else None  # [N, K] next K, 0 = none
     if spec.kind == "full":
         logits = model.score_all(h)  # [N, V]
@@ -127,7 +133,8 @@ def holdout_batch(ds: Dataset, cuts: np.ndarray, o: ObjectiveConfig, max_len: in
     target[:, -1] = targets[:, 0]
     future = np.zeros((B, L, targets.shape[1]), dtype=np.int64)
     future[:, -1] = targets
-    return {"input": inp, "target": target, "user": user, "future": future, "exclude": inp}
+    return {"input": inp, "target": target, "user": np.repeat(user[:, None], L, axis=1), "future": future,
+            "exclude": inp}
 
 
 def make_batch(ds: Dataset, examples: np.ndarray, sampler: NegativeSampler, cfg, device,
@@ -139,12 +146,17 @@ def make_batch(ds: Dataset, examples: np.ndarray, sampler: NegativeSampler, cfg,
         batch = holdout_batch(ds, examples, o, max_len, sampler.rng)
     else:
         inp, target, user = gather_windows(ds.indptr, ds.items, examples, max_len)
-        cut = padded_columns(inp)  # a target needs an input item: the dropped columns hold no target either
-        batch = {"input": inp[:, cut:], "target": target[:, cut:], "user": user}  # [B, L'] each
+        batch = {"input": inp, "target": target, "user": np.repeat(user[:, None], max_len, axis=1)}  # [B, L] each
         if o.horizon > 1:
-            batch["future"] = gather_future(ds.indptr, ds.items, examples, max_len, o.horizon)[:, cut:]  # [B, L', K]
+            batch["future"] = gather_future(ds.indptr, ds.items, examples, max_len, o.horizon)  # [B, L, K]
+        if o.pack:
+            layout = pack_windows(inp)
+            batch = {key: gather_packed(value, layout["source"]) for key, value in batch.items()}  # [R, L, ...]
+            batch.update(segment=layout["segment"], position=layout["position"])  # [R, L] each
+        cut = padded_columns(batch["input"])  # a target needs an input item: the dropped columns hold none either
+        batch = {key: value[:, cut:] for key, value in batch.items()}  # [B or R, L', ...]
     mask = batch["target"] != 0
-    users_per_target = np.broadcast_to(batch["user"][:, None], mask.shape)[mask]  # [N]
+    users_per_target = batch["user"][mask]  # [N]
     if "future" in batch:
         future = batch["future"][mask]  # [N, K]
         users_per_target = np.broadcast_to(users_per_target[:, None], future.shape)[future != 0]  # [P]

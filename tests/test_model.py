@@ -319,8 +319,11 @@ def test_losses_have_gradients_in_the_right_direction():
 
 @pytest.mark.parametrize("p, keep_rate", [
     (0.3, 1 - 19_661 / 2 ** 16),  # not a multiple of 2^-8: 16 bits, p in steps of 2^-16
-    (0.5, 0.5),  # 8 bits: 128 of 256 levels dropped, exactly p
-    (0.25, 0.75),
+    (0.5, 0.5),  # one bit: exactly p
+    (0.25, 0.75),  # two bits
+    (0.75, 0.25),
+    (0.125, 0.875),  # four bits
+    (26 / 256, 1 - 26 / 256),  # eight bits
 ])
 def test_dropout_zeroes_about_p_scales_the_rest_and_routes_the_gradient_through_the_mask(p, keep_rate):
     x = torch.rand(200, 500) + 0.5  # no zero before dropout
@@ -330,6 +333,8 @@ def test_dropout_zeroes_about_p_scales_the_rest_and_routes_the_gradient_through_
     y = dropout(x, p, training=True)
     kept = y != 0
     assert abs(1 - kept.float().mean().item() - p) < 0.01  # 100,000 draws: the std of the share is <= 0.0016
+    both = (kept[:, :-1] & kept[:, 1:]).float().mean().item()  # neighbours share a random byte, not a decision
+    assert abs(both - (1 - p) ** 2) < 0.01
     torch.testing.assert_close(y[kept], x[kept] / keep_rate)
     y.sum().backward()
     torch.testing.assert_close(x.grad, kept.float() / keep_rate)

@@ -689,7 +689,7 @@ def test_horizon_pairs_line_up_with_their_negatives(tmp_path):
     mask = batch["target"] != 0
     future = batch["future"][mask]
     rows, _ = torch.nonzero(future, as_tuple=True)
-    user_of_row = batch["user"][:, None].expand_as(batch["target"])[mask][rows]
+    user_of_row = batch["user"][mask][rows]  # each column's user
     assert len(batch["negatives"]) == int((future != 0).sum())
     for u, negs in zip(user_of_row.tolist(), batch["negatives"].tolist()):
         assert not set(negs) & set(ds.sequence(u).tolist())

@@ -15,7 +15,8 @@ import torch
 from conftest import ROOT, make_small_demo
 
 import common.trainer as trainer_mod  # noqa: E402
-from common.batches import NegativeSampler, gather_windows, window_ends  # noqa: E402
+from common.batches import (NegativeSampler, gather_packed, gather_windows, pack_rows, pack_windows,  # noqa: E402
+                            window_ends)
 from common.checkpoint import load_checkpoint  # noqa: E402
 from common.config import flat_dict  # noqa: E402
 from common.data import Dataset, build_dataset, pad_rows  # noqa: E402
@@ -553,7 +554,7 @@ def test_bucketed_batches_drop_shared_padding_and_keep_every_target(tiny_ds, his
     row; the batches still hold each window's targets once, as the untrimmed windows do."""
     from common.next_item import make_batch, training_batches
     ds, max_len = tiny_ds, 12
-    cfg = train_config(max_len=max_len, batch_size=3, history=history, seed=0, bucket=True)
+    cfg = train_config(max_len=max_len, batch_size=3, history=history, seed=0, bucket=True, pack=False)
     batches = training_batches(ds, cfg, np.random.default_rng(0))
     ends = np.concatenate(batches)
     assert len(np.unique(ends)) == len(ends) == len(window_ends(ds.indptr, max_len, history, np.random.default_rng(0)))
@@ -571,8 +572,8 @@ def test_bucketed_batches_drop_shared_padding_and_keep_every_target(tiny_ds, his
         assert (inp[:, 0] != 0).any(), "no column is padding in every row"
         full_inp, full_tgt, _ = gather_windows(ds.indptr, ds.items, ends_b, max_len)
         assert np.array_equal(full_inp[:, max_len - inp.shape[1]:], inp) and (full_inp[:, :max_len - inp.shape[1]] == 0).all()
-        got += [(u, t) for u, row in zip(batch["user"].numpy(), tgt) for t in row[row != 0]]
-    want = [(u, t) for u, row in zip(*[gather_windows(ds.indptr, ds.items, ends, max_len)[i] for i in (2, 1)])
+        got += list(zip(batch["user"].numpy()[tgt != 0].tolist(), tgt[tgt != 0].tolist()))
+    want = [(int(u), int(t)) for u, row in zip(*[gather_windows(ds.indptr, ds.items, ends, max_len)[i] for i in (2, 1)])
             for t in row[row != 0]]
     assert sorted(got) == sorted(want)
 
@@ -631,3 +632,84 @@ def test_batch_weights_make_every_target_count_the_same(tiny_ds):
     with torch.no_grad():  # the weight multiplies the batch's mean loss
         plain = train_loss(model, {k: v for k, v in made[0].items() if k != "weight"}, "bce")
         torch.testing.assert_close(train_loss(model, made[0], "bce"), plain * made[0]["weight"])
+
+
+# ---------------------------------------------------------------- packed rows
+
+def best_fit_decreasing(lengths: list[int], width: int) -> list[int]:
+    """The rule written plainly: longest first (then lowest index), each into the open row with the least room
+    that holds it (then the lowest row), else a new row."""
+    room, row = [], [0] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        fits = [r for r in range(len(room)) if room[r] >= lengths[i]]
+        if not fits:
+            room.append(width)
+            fits = [len(room) - 1]
+        row[i] = min(fits, key=lambda r: (room[r], r))
+        room[row[i]] -= lengths[i]
+    return row
+
+
+def test_pack_rows_by_hand():
+    """Width 10, lengths 7 3 5 4 4 2: 7 opens row 0 and 3 fills it; 5 opens row 1, a 4 joins it, the other 4
+    opens row 2 and 2 goes to the tighter row 1? No: row 1 has 1 free, row 2 has 6, so 2 goes to row 2."""
+    row, end = pack_rows(np.array([7, 3, 5, 4, 4, 2]), 10)
+    assert row.tolist() == [0, 0, 1, 1, 2, 2]
+    assert end.tolist() == [10, 3, 10, 5, 10, 6]  # the first placed in a row ends at its last column
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pack_rows_is_best_fit_decreasing_without_overlap(seed):
+    rng = np.random.default_rng(seed)
+    width = int(rng.integers(1, 40))
+    lengths = rng.integers(1, width + 1, int(rng.integers(0, 60)))
+    row, end = pack_rows(lengths, width)
+    assert row.tolist() == best_fit_decreasing(lengths.tolist(), width)
+    used = np.zeros((int(row.max()) + 1 if len(row) else 0, width), dtype=int)
+    for r, e, n in zip(row, end, lengths):
+        assert 0 <= e - n and e <= width
+        used[r, e - n:e] += 1
+    assert used.max(initial=0) <= 1, "two sequences share a column"
+
+
+def test_packed_rows_give_every_position_its_padded_output():
+    """Each real position of packed rows has the output it has in its own left-padded row (a window reads only
+    itself, at its own positions), and padding rows or columns are dropped."""
+    rng = np.random.default_rng(0)
+    L, lengths = 12, [12, 3, 7, 1, 0, 5, 9, 2]
+    seq = np.zeros((len(lengths), L), np.int64)
+    for b, n in enumerate(lengths):
+        seq[b, L - n:] = rng.integers(1, 31, n)
+    layout = pack_windows(seq)
+    assert layout["source"].shape == (4, L), "12 | 9+3 | 7+5 | 2+1 fill four rows"
+    packed = gather_packed(seq, layout["source"])
+    assert sorted(packed[packed != 0].tolist()) == sorted(seq[seq != 0].tolist())
+    model = tiny_model(n_items=30, max_len=L, layers=2, init_std=0.3).eval()
+    with torch.no_grad():
+        want = model(torch.from_numpy(seq))  # [B, L, H]
+        got = model(torch.from_numpy(packed), segment=torch.from_numpy(layout["segment"]),
+                    position=torch.from_numpy(layout["position"]))  # [R, L, H]
+    real = layout["source"] >= 0
+    torch.testing.assert_close(got[torch.from_numpy(real)], want.reshape(-1, want.size(-1))[layout["source"][real]],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("history", ["last", "windows"])
+def test_packed_batch_holds_every_target_once_with_the_same_loss(tiny_ds, history):
+    """make_batch with --pack (the default) holds each window's (user, target) pairs once, in fewer rows, and
+    its full-softmax loss equals that of the one-window-a-row batch."""
+    from common.next_item import make_batch, training_batches
+    ds, max_len = tiny_ds, 12
+    cfg = train_config(max_len=max_len, batch_size=8, history=history, seed=0, loss="ce")
+    assert cfg.objective.pack
+    plain_cfg = train_config(max_len=max_len, batch_size=8, history=history, seed=0, loss="ce", pack=False)
+    model = tiny_model(n_items=40, max_len=max_len, init_std=0.3).eval()
+    for ends in training_batches(ds, cfg, np.random.default_rng(0)):
+        packed, plain = (make_batch(ds, ends, NegativeSampler(ds, np.random.default_rng(0)), c, torch.device("cpu"))
+                         for c in (cfg, plain_cfg))
+        assert len(packed["input"]) <= len(plain["input"])
+        pairs = [sorted(zip(b["user"][b["target"] != 0].tolist(), b["target"][b["target"] != 0].tolist()))
+                 for b in (packed, plain)]  # each column's user and target
+        assert pairs[0] == pairs[1]
+        with torch.no_grad():
+            torch.testing.assert_close(train_loss(model, packed, "ce"), train_loss(model, plain, "ce"))
