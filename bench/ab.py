@@ -3,12 +3,15 @@
     .venv/bin/python bench/ab.py dropout --amp bf16      # training steps: today's dropout against 16-bit masks
     .venv/bin/python bench/ab.py scoring --amp bf16      # one evaluation pass: own-width histories against max_len
     .venv/bin/python bench/ab.py packing --amp bf16      # training steps: packed rows against one window a row
+    .venv/bin/python bench/ab.py product --amp bf16      # one evaluation pass: float32 blocks against float64
 
 dropout: --steps training steps of the default SASRec on the same batches of --data, with
 `common.model.dropout` and with the reference below (16 random bits per element, the mask applied as
 `x * keep / (1 - p)`), in --rounds rounds that alternate which goes first.
 scoring: one evaluation pass (`common.recommend.evaluate`) of --checkpoint, with each user's history padded
 to its own width (today) and to max_len with the fused single-query attention (the reference).
+product: one evaluation pass of --checkpoint with today's score product (float32 on blocks of fixed size,
+`common.recommend.score_product`) and with the float64 product it replaced (the reference).
 packing: --steps training steps of the default SASRec on the same windows of --data, packed (short windows
 share rows, `common.batches.pack_windows`, today's default) and one window a row (--no-pack, the reference).
 Each prints each round and the medians; a JSON line goes to bench/results/ab.jsonl.
@@ -53,6 +56,12 @@ def dropout_16bit(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 ATTEND, DROPOUT, WIDTH_STEP = model_mod.attend, model_mod.dropout, recommend.WIDTH_STEP  # today's
+SCORE_PRODUCT = recommend.score_product
+
+
+def score_product_float64(h: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The reference score product: float64 over the whole batch, rounded to float32."""
+    return (h.double() @ table.double().T).float()
 
 
 def attend_fused(q, k, v, mask, p):
@@ -75,7 +84,7 @@ def alternate(run, rounds: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("dropout", "scoring", "packing"))
+    ap.add_argument("what", choices=("dropout", "scoring", "product", "packing"))
     ap.add_argument("--data", default=str(ROOT / "data" / "bench-members"))
     ap.add_argument("--checkpoint", default=str(ROOT / "data" / "bench-members" / "runs" / "amp-off-s0" / "checkpoint.pt"))
     ap.add_argument("--amp", default="off", choices=("off", "bf16"))
@@ -121,8 +130,11 @@ def main():
         recalls = {}
 
         def run(ref: bool) -> float:
-            recommend.WIDTH_STEP = rec.window() if ref else WIDTH_STEP
-            model_mod.attend = attend_fused if ref else ATTEND
+            if args.what == "scoring":
+                recommend.WIDTH_STEP = rec.window() if ref else WIDTH_STEP
+                model_mod.attend = attend_fused if ref else ATTEND
+            else:
+                recommend.score_product = score_product_float64 if ref else SCORE_PRODUCT
             t0 = time.perf_counter()
             with autocast(amp, device):
                 recalls[ref] = recommend.evaluate(rec, ds)["recall@10"]
@@ -131,7 +143,8 @@ def main():
         unit = "s"
     times = alternate(run, args.rounds)
     model_mod.dropout, model_mod.attend, recommend.WIDTH_STEP = DROPOUT, ATTEND, WIDTH_STEP
-    if args.what == "scoring":
+    recommend.score_product = SCORE_PRODUCT
+    if args.what in ("scoring", "product"):
         extra["recall@10"] = {"today": round(recalls[False], 6), "reference": round(recalls[True], 6)}
     medians = {k: round(float(np.median(v)), 2) for k, v in times.items()}
     for k, v in times.items():

@@ -117,7 +117,8 @@ class Dropout(nn.Module):
 
 def rowwise(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """module(x) for one position per user, [B, 1, H], computed in float64 and rounded back: a product over as
-    few rows as a batch has users rounds differently by that count, this one does not (as the scoring)."""
+    few rows as a batch has users rounds differently by that count, this one does not (the score product keeps
+    the same rule another way: common.recommend.score_product)."""
     weights = {name: t.double() for name, t in module.state_dict().items()}
     return torch.func.functional_call(module, weights, (x.double(),)).float()
 

@@ -363,3 +363,20 @@ def test_attention_with_dropout_on_cpu_drops_weights_of_the_masked_softmax():
     kept = d != 0
     torch.testing.assert_close(d[kept], w[kept] / 0.75)
     assert abs(1 - kept[allowed].float().mean().item() - 0.25) < 0.03  # ~5,000 allowed weights
+
+
+@pytest.mark.parametrize("hidden", [16, 64])
+def test_score_product_rows_do_not_depend_on_the_batch(hidden):
+    """Each user's scores are the same to the bit whatever batch, and whatever place in it, they come in
+    (here 1 to 600 rows, across block edges), under autocast too, and equal the float64 product to float32
+    rounding."""
+    from common.recommend import SCORE_BLOCK, score_product
+    gen = torch.Generator().manual_seed(0)
+    table, h = torch.randn(500, hidden, generator=gen), torch.randn(600, hidden, generator=gen)
+    whole = score_product(h, table)
+    torch.testing.assert_close(whole, (h.double() @ table.double().T).float(), rtol=1e-5, atol=1e-5)
+    for n in (1, 3, SCORE_BLOCK - 1, SCORE_BLOCK + 1, 600):
+        rows = torch.randperm(600, generator=gen)[:n]
+        assert torch.equal(score_product(h[rows], table), whole[rows]), n
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(score_product(h[:7], table), whole[:7]), "the product runs outside autocast"
