@@ -55,10 +55,10 @@ class ObjectiveConfig:
 def train_loss(model: SASRec, batch: dict, loss_name: str) -> torch.Tensor:
     """Loss over the non-padded target positions of a batch {input, target, future?, exclude?,
     negatives | shared, log_q?, positions?, weight?, segment?, position?}; `segment` and `position` mark rows
-    that hold several windows (`common.batches.pack_windows`). `exclude` [B, E] lists items a full softmax leaves out for
-    row b's targets. `positions` [N] are the flat indices of the target positions (row * L + column), found on
-    the host so that the step never waits for the device; without it they are found here. `weight` scales
-    the loss (see `batch_weight`)."""
+    that hold several windows (`common.batches.pack_windows`). `exclude` [B, E] lists items a full softmax
+    leaves out for row b's targets. `positions` [N] are the flat indices of the target positions (row * L +
+    column), found on the host so that the step never waits for the device; without it they are found here.
+    `weight` scales the loss (see `batch_weight`)."""
     loss = _train_loss(model, batch, loss_name)
     return loss * batch["weight"] if "weight" in batch else loss
 
