@@ -651,8 +651,8 @@ def best_fit_decreasing(lengths: list[int], width: int) -> list[int]:
 
 
 def test_pack_rows_by_hand():
-    """Width 10, lengths 7 3 5 4 4 2: 7 opens row 0 and 3 fills it; 5 opens row 1, a 4 joins it, the other 4
-    opens row 2 and 2 goes to the tighter row 1? No: row 1 has 1 free, row 2 has 6, so 2 goes to row 2."""
+    """Width 10, lengths 7 3 5 4 4 2: 7 opens row 0 and 3 fills it; 5 opens row 1 and the first 4 joins it
+    (1 column left); the second 4 opens row 2, and 2 goes there, the only row with room for it."""
     row, end = pack_rows(np.array([7, 3, 5, 4, 4, 2]), 10)
     assert row.tolist() == [0, 0, 1, 1, 2, 2]
     assert end.tolist() == [10, 3, 10, 5, 10, 6]  # the first placed in a row ends at its last column
