@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from itertools import islice
 import time
 from pathlib import Path
 
@@ -102,12 +103,11 @@ def main():
         task.module.train()
         opt = adam(task.module, cfg.trainer.lr, cfg.trainer.weight_decay, device)
         amp = autocast_dtype(cfg.trainer.amp, device)
-        it = iter(task.batches(0))
-        batches = {False: [next(it) for _ in range(args.steps)]}
+        batches = {False: list(islice(task.batches(0), args.steps))}
         if args.what == "packing":  # the same windows (the same seed draws them), one a row
             unpacked = parse_config(TrainConfig, ["--data", args.data, "--amp", args.amp, "--no-pack"], presets=PRESETS)
-            it = iter(model_module(cfg.model).build_task(unpacked, ds, np.random.default_rng(0), device).batches(0))
-            batches[True] = [next(it) for _ in range(args.steps)]
+            plain = model_module(cfg.model).build_task(unpacked, ds, np.random.default_rng(0), device)
+            batches[True] = list(islice(plain.batches(0), args.steps))
             extra["rows"] = {k: sum(len(b["input"]) for b in v) for k, v in (("today", batches[False]),
                                                                               ("reference", batches[True]))}
 

@@ -13,6 +13,8 @@ History modes:
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from common.data import PAD, Dataset, distinct, owner_of, row_owners
@@ -139,8 +141,7 @@ def pack_windows(seq: np.ndarray) -> dict:
     row, end = pack_rows(length[keep], L)
     n = length[keep]
     window = np.repeat(keep, n)  # [T] each real token's window
-    back = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # [T] 0 .. n-1 within its window
-    back = np.repeat(n, n) - 1 - back  # [T] distance to the window's last item
+    back = np.repeat(np.cumsum(n) - 1, n) - np.arange(n.sum())  # [T] distance to its window's last item
     R = int(row.max()) + 1 if len(row) else 0
     flat = np.repeat(row * L + end - 1, n) - back  # [T] packed flat column
     source = np.full(R * L, -1, dtype=np.int64)
@@ -212,19 +213,28 @@ class NegativeSampler:
     """Uniform negatives over real item ids 1..n_items, excluding the user's own training items."""
 
     def __init__(self, ds: Dataset, rng: np.random.Generator):
-        self.n_items = ds.n_items
-        self.rng = rng
-        users = row_owners(ds.indptr)
+        self.ds, self.n_items, self.rng = ds, ds.n_items, rng
         counts = np.bincount(ds.items, minlength=ds.n_items + 1)[1:] + 1.0  # add-one smoothing
         self.pop_q = counts / counts.sum()  # [n_items] popularity distribution over ids 1..n_items
-        self.keys = distinct(users * (ds.n_items + 1) + ds.items)  # sorted (user, item) pairs
-        n_keys = ds.n_users * (ds.n_items + 1)  # every possible key, one bit each where that is small enough
-        self.bits = None
-        if n_keys <= 8 * SEEN_BITSET_BYTES:
-            self.bits = np.zeros(-(-n_keys // 8), dtype=np.uint8)
+        # one bit for every possible (user, item) key where that table is small enough
+        self.bit_table = ds.n_users * (ds.n_items + 1) <= 8 * SEEN_BITSET_BYTES
+
+    @cached_property
+    def keys(self) -> np.ndarray:
+        """Sorted (user, item) keys of the training pairs; built when first needed (a full softmax never is)."""
+        return distinct(row_owners(self.ds.indptr) * (self.n_items + 1) + self.ds.items)
+
+    @cached_property
+    def bits(self) -> np.ndarray | None:
+        """`keys` as a bit table (None where it would pass SEEN_BITSET_BYTES)."""
+        if not self.bit_table:
+            return None
+        bits = np.zeros(-(-self.ds.n_users * (self.n_items + 1) // 8), dtype=np.uint8)
+        if len(self.keys):
             byte = self.keys >> 3  # sorted, so each byte's keys are adjacent; distinct keys: their sum is their or
-            first = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]]) if len(byte) else byte
-            self.bits[byte[first]] = np.add.reduceat(1 << (self.keys & 7), first) if len(byte) else 0
+            first = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
+            bits[byte[first]] = np.add.reduceat(1 << (self.keys & 7), first)
+        return bits
 
     def seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each user has each item among its training items: one bit read per pair (a search of the
