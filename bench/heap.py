@@ -1,20 +1,25 @@
-"""What keeping freed memory in glibc's heap would buy and cost: a measurement, not a setting we use.
+"""What keeping freed memory in glibc's heap, or huge pages, would buy and cost: measurements, not settings we use.
 
     .venv/bin/python bench/heap.py                       # scoring time and peak, default SASRec of data/bench-members
     .venv/bin/python bench/heap.py --items 6808 20000 50000 --rounds 1   # peak of a scoring loop over more items
-    .venv/bin/python bench/heap.py --profile --rounds 1   # torch.profiler of the timed pass, both ways
+    .venv/bin/python bench/heap.py --profile --rounds 1   # torch.profiler of the timed pass, each way
 
 glibc maps each block above 32 MB (the most its threshold allows) anew from the system, which zeroes it page
 by page on first touch, and unmaps it when freed. A scoring pass allocates a batch's large activations again
-and again, so it pays that each time. With MALLOC_MMAP_MAX_=0 and a high MALLOC_TRIM_THRESHOLD_ (HEAP_ENV)
-every block comes from the heap and freed ones stay there. Each measurement runs in a process of its own with
-and without HEAP_ENV, alternated over --rounds:
+and again, so it pays that each time. Each measurement runs in a process of its own in each of ENVIRONMENTS,
+in an order that turns each round, over --rounds:
+  * default: glibc's defaults;
+  * heap: MALLOC_MMAP_MAX_=0 and a high MALLOC_TRIM_THRESHOLD_: every block comes from the heap, and freed
+    ones stay there;
+  * thp: THP_MEM_ALLOC_ENABLE=1: torch aligns blocks of 2 MB and more to 2 MB and asks the kernel for huge
+    pages (madvise), so a block faults once per 2 MB instead of once per 4 KB. Where the kernel's THP defrag
+    setting is `madvise`, a fault may wait for memory to be compacted.
   * time: one evaluation pass (`common.recommend.evaluate`) of --checkpoint after one untimed pass, with its
     Recall@10 and the process's peak memory (--profile: torch.profiler's top operators of that pass by self
-    time, with their shapes, to bench/results/heap-profile-<default|heap>.txt);
+    time, with their shapes, to bench/results/heap-profile-<environment>.txt);
   * items: for each of --items V, 30 batches of a score-like loop (a [1024, V] product, seen items set to -inf,
     the top 100), and the process's peak memory. glibc 2.36's aligned allocations (torch's) do not fit the
-    holes their own frees leave, so under HEAP_ENV the heap can grow to several times the largest tensor.
+    holes their own frees leave, so under `heap` the heap can grow to several times the largest tensor.
 A JSON line goes to bench/results/heap.jsonl.
 """
 from __future__ import annotations
@@ -32,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from measure import PY, ROOT, report  # noqa: E402
 
-HEAP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+ENVIRONMENTS = {"default": {}, "heap": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
+                "thp": {"THP_MEM_ALLOC_ENABLE": "1"}}
 SCORE_ROWS, SCORE_BATCHES, SCORE_TOP, SCORE_SEEN = 1024, 30, 100, 50_000  # the score-like loop
 
 
@@ -59,9 +65,8 @@ def child_time(args) -> None:
             seconds = time.perf_counter() - t0
     if args.profile:
         table = profiler.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20)
-        side = "heap" if os.environ.get("MALLOC_MMAP_MAX_") == HEAP_ENV["MALLOC_MMAP_MAX_"] else "default"
         (ROOT / "bench" / "results").mkdir(exist_ok=True)
-        (ROOT / "bench" / "results" / f"heap-profile-{side}.txt").write_text(table)
+        (ROOT / "bench" / "results" / f"heap-profile-{args.environment}.txt").write_text(table)
     print(seconds, recall, peak_mb())
 
 
@@ -80,11 +85,12 @@ def child_items(args) -> None:
     print(peak_mb())
 
 
-def run_child(args, what: str, heap: bool, extra: list[str]) -> list[float]:
-    env = {**os.environ, **(HEAP_ENV if heap else {})}
+def run_child(args, what: str, environment: str, extra: list[str]) -> list[float]:
+    env = {k: v for k, v in os.environ.items() if not any(k in e for e in ENVIRONMENTS.values())}
     flags = ["--data", args.data, "--checkpoint", args.checkpoint, "--amp", args.amp, "--threads", str(args.threads),
-             *(["--profile"] if args.profile else [])]
-    out = subprocess.run([PY, __file__, "--child", what, *flags, *extra], cwd=ROOT, env=env, capture_output=True,
+             "--environment", environment, *(["--profile"] if args.profile else [])]
+    out = subprocess.run([PY, __file__, "--child", what, *flags, *extra], cwd=ROOT,
+                         env={**env, **ENVIRONMENTS[environment]}, capture_output=True,
                          text=True, check=True).stdout.split()
     return [float(x) for x in out]
 
@@ -98,26 +104,27 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--items", type=int, nargs="*", default=[], help="also the score-like loop over these many items")
     ap.add_argument("--profile", action="store_true", help="profile the timed evaluation pass")
+    ap.add_argument("--environment", choices=tuple(ENVIRONMENTS), help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=("time", "items"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child_time(args) if args.child == "time" else child_items(args)
-    record = {"amp": args.amp, "threads": args.threads, "rounds": args.rounds, "heap_env": HEAP_ENV}
-    runs = {"default": [], "heap": []}
-    for r in range(args.rounds):  # alternated: which goes first changes each round
-        for heap in ((False, True) if r % 2 == 0 else (True, False)):
-            seconds, recall, peak = run_child(args, "time", heap, [])
-            runs["heap" if heap else "default"].append({"seconds": round(seconds, 2), "recall@10": round(recall, 6),
-                                                       "peak_mb": peak})
+    record = {"amp": args.amp, "threads": args.threads, "rounds": args.rounds, "environments": ENVIRONMENTS}
+    names = list(ENVIRONMENTS)
+    runs = {name: [] for name in names}
+    for r in range(args.rounds):  # which goes first turns each round
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            seconds, recall, peak = run_child(args, "time", name, [])
+            runs[name].append({"seconds": round(seconds, 2), "recall@10": round(recall, 6), "peak_mb": peak})
     for name, rs in runs.items():
         print(f"evaluation pass, {name:7s}: " + ", ".join(f"{x['seconds']:.2f} s ({x['peak_mb']:.0f} MB)" for x in rs)
               + f"; recall@10 {rs[0]['recall@10']}")
     record["evaluation"] = runs
     peaks = {}
     for V in args.items:
-        peaks[V] = {name: [run_child(args, "items", heap, ["--items", str(V)])[0] for _ in range(args.rounds)]
-                    for name, heap in (("default", False), ("heap", True))}
-        print(f"score-like loop, {V:,} items: peak MB default {peaks[V]['default']}, heap {peaks[V]['heap']}")
+        peaks[V] = {name: [run_child(args, "items", name, ["--items", str(V)])[0] for _ in range(args.rounds)]
+                    for name in names}
+        print(f"score-like loop, {V:,} items: peak MB " + ", ".join(f"{k} {v}" for k, v in peaks[V].items()))
     record["score_loop_peak_mb"] = peaks
     report("heap", record)
 
