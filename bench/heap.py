@@ -89,10 +89,11 @@ def run_child(args, what: str, environment: str, extra: list[str]) -> list[float
     env = {k: v for k, v in os.environ.items() if not any(k in e for e in ENVIRONMENTS.values())}
     flags = ["--data", args.data, "--checkpoint", args.checkpoint, "--amp", args.amp, "--threads", str(args.threads),
              "--environment", environment, *(["--profile"] if args.profile else [])]
-    out = subprocess.run([PY, __file__, "--child", what, *flags, *extra], cwd=ROOT,
-                         env={**env, **ENVIRONMENTS[environment]}, capture_output=True,
-                         text=True, check=True).stdout.split()
-    return [float(x) for x in out]
+    p = subprocess.run([PY, __file__, "--child", what, *flags, *extra], cwd=ROOT,
+                       env={**env, **ENVIRONMENTS[environment]}, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"bench/heap.py --child {what} ({environment}) failed:\n{p.stderr[-2000:]}")
+    return [float(x) for x in p.stdout.split()]
 
 
 def main():
@@ -109,6 +110,9 @@ def main():
     args = ap.parse_args()
     if args.child:
         return child_time(args) if args.child == "time" else child_items(args)
+    if not Path(args.checkpoint).is_file():
+        raise SystemExit(f"--checkpoint {args.checkpoint}: no such file; train one with "
+                         f"02_train.py --data {args.data} and pass its runs/<name>/checkpoint.pt")
     record = {"amp": args.amp, "threads": args.threads, "rounds": args.rounds, "environments": ENVIRONMENTS}
     names = list(ENVIRONMENTS)
     runs = {name: [] for name in names}
