@@ -40,6 +40,7 @@ from measure import PY, ROOT, report  # noqa: E402
 ENVIRONMENTS = {"default": {}, "heap": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
                 "thp": {"THP_MEM_ALLOC_ENABLE": "1"}}
 SCORE_ROWS, SCORE_BATCHES, SCORE_TOP, SCORE_SEEN = 1024, 30, 100, 50_000  # the score-like loop
+SCORE_HIDDEN = 64  # the default SASRec's width
 
 
 def peak_mb() -> float:
@@ -77,7 +78,7 @@ def child_items(args) -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     V = args.items[0]
-    h, table = torch.randn(SCORE_ROWS, 64), torch.randn(64, V)
+    h, table = torch.randn(SCORE_ROWS, SCORE_HIDDEN), torch.randn(SCORE_HIDDEN, V)
     for _ in range(SCORE_BATCHES):
         scores = h @ table  # [rows, V]
         scores.view(-1)[torch.from_numpy(rng.integers(0, scores.numel(), SCORE_SEEN))] = float("-inf")
